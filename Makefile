@@ -1,0 +1,67 @@
+# AEM Linux: the verbs.  `make run` boots the image and runs the demo;
+# `make test` builds everything from a fresh clone and runs every test.
+#
+#   make deps            install missing Debian build packages (root)
+#   make kernel          fetch the pinned source, apply kernel-patches/, build
+#                        (KCONFIG=debug: KASAN, lockdep, kmemleak, UBSAN)
+#   make kernel-tree     the patched git work tree, build/linux
+#   make export-patches  build/linux's commits -> kernel-patches/
+#   make kernel-reset    discard build/linux's work, re-apply kernel-patches/
+#   make rootfs          build/rootfs.cpio.gz (ROOTFS_OVERLAY=DIR adds files)
+#   make run             boot and run the demo (a shell when on a terminal)
+#   make guest CMD='..'  run CMD in a fresh guest; its output and exit status
+#   make test            everything, ending in "N passed, N failed"
+#   make bench           the benchmark table
+#   make bindings        regenerate aem-syscalls' UAPI bindings
+
+SHELL := /bin/bash
+KCONFIG ?= default
+export KCONFIG
+
+TARGET := x86_64-unknown-linux-gnu
+# Guest programs are static: the initramfs has no libc.  Set per target so
+# that build scripts and proc-macros on the host stay dynamic.
+GUEST_CARGO := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+	cargo
+GUEST_BINS := target/$(TARGET)/release/aem-demo
+
+.PHONY: deps kernel kernel-tree export-patches kernel-reset rootfs run guest \
+	test bench bindings guest-bins
+
+deps:
+	@ci/deps.sh
+
+kernel: deps
+	@ci/kernel.sh build
+
+kernel-tree: deps
+	@ci/kernel.sh tree
+	@echo "kernel tree: build/linux (commit your work there, then 'make export-patches')"
+
+export-patches:
+	@ci/kernel.sh export
+
+kernel-reset:
+	@ci/kernel.sh reset
+
+guest-bins:
+	$(GUEST_CARGO) build --release --target $(TARGET) -p aem-demo
+
+rootfs: deps guest-bins
+	@rootfs/build.sh build/rootfs.cpio.gz $(if $(ROOTFS_OVERLAY),--overlay $(ROOTFS_OVERLAY)) $(GUEST_BINS)
+
+run: kernel rootfs
+	@qemu/run.sh
+
+guest: kernel rootfs
+	@test -n "$(CMD)" || { echo "usage: make guest CMD='command'" >&2; exit 2; }
+	@qemu/guest.sh -- "$(CMD)"
+
+test:
+	@ci/test.sh
+
+bench: kernel rootfs
+	@ci/bench.sh
+
+bindings: kernel
+	cargo run -q -p aem-uapi-gen

@@ -1,0 +1,37 @@
+//! Safe access to the Asynchronous Event Mechanism (AEM).
+//!
+//! AEM lets a program register handlers that the kernel runs when events
+//! fire, inline in the program's main flow like signal handlers.  This
+//! crate is the typed layer over the raw `aem-syscalls` crate: users never
+//! write `unsafe`, and every failure is an [`Error`].
+//!
+//! Today it offers the feature query, the safe entry point every program
+//! starts with:
+//!
+//! ```no_run
+//! match aem::features() {
+//!     Ok(f) => println!("AEM ABI {} with {:?}", f.abi_version, f.features),
+//!     Err(aem::Error::NotAvailable) => eprintln!("not an AEM kernel"),
+//!     Err(e) => eprintln!("{e}"),
+//! }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`features`]: what the running kernel implements ([`Features`]).
+//! - [`Error`]: every way an AEM call can fail.
+//!
+//! As the kernel side grows, so does this crate, one module per concern:
+//! registrations of closures per source kind (`source`), critical sections
+//! that defer delivery through the per-thread word (`critical`), and
+//! helpers that are safe to call from handlers and the main flow alike:
+//! output, allocation and locks (`io`, `alloc`, `sync`).
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod features;
+
+pub use error::{Errno, Error};
+pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
