@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Distribution checks (DIST-4, DIST-5, DIST-6): the boot scripts and the
+# Distribution checks (DIST-2, DIST-4, DIST-5, DIST-6): the boot scripts and the
 # image, tested from the host through real guest boots.  Prints one libtest
 # style line per check so ci/test.sh counts them with the rest.
 set -uo pipefail
@@ -19,6 +19,13 @@ result() {
 		failures=$((failures + 1))
 	fi
 }
+
+# DIST-2: the series is checkpatch-clean (the kernel's own script).
+if (cd build/linux && scripts/checkpatch.pl -q --terse "$TOP"/kernel-patches/*.patch) >"$work/cp" 2>&1; then
+	result dist_2_patch_series_is_checkpatch_clean ok
+else
+	result dist_2_patch_series_is_checkpatch_clean bad "$(grep -E 'ERROR|WARNING' "$work/cp" | head -n5)"
+fi
 
 # DIST-5: a command's output reaches the host, and names the AEM kernel.
 out=$(qemu/guest.sh uname -r 2>"$work/err")

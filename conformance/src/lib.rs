@@ -1,4 +1,5 @@
-//! Helpers for the AEM conformance suite (`tests/suite`).
+//! Helpers for the AEM conformance suite (`tests/`, one file per
+//! requirement area).
 //!
 //! The suite runs in the guest against the real AEM kernel (`make test`
 //! boots it through `qemu/cargo-runner.sh`).  Test names start with the

@@ -1,4 +1,7 @@
-//! API: the system calls and the UAPI header.
+//! API: the system calls and the UAPI header (MISSION.md API-1..API-4).
+//!
+//! Like every file in this directory, a test binary of its own: it runs in
+//! one fresh guest, and its test names start with requirement IDs.
 
 use std::mem::size_of;
 
