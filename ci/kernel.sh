@@ -153,8 +153,10 @@ configure() {
 	while IFS= read -r line; do
 		case "$line" in
 		CONFIG_*=*) grep -qxF "$line" "$OBJ/.config" || { echo "kernel: not in final .config: $line" >&2; bad=1; } ;;
-		"# CONFIG_"*" is not set") grep -q "^${line#\# }" "$OBJ/.config" 2>/dev/null &&
-			! grep -qxF "$line" "$OBJ/.config" && { echo "kernel: not unset: $line" >&2; bad=1; } ;;
+		"# CONFIG_"*" is not set")
+			local sym=${line#\# }
+			sym=${sym%% *}
+			grep -q "^$sym=" "$OBJ/.config" && { echo "kernel: not unset: $line" >&2; bad=1; } ;;
 		esac
 	done < <(cat "${frags[@]}")
 	[ $bad -eq 0 ] || die "config fragments not applied"
@@ -166,14 +168,20 @@ build() {
 	configure
 	local cc=gcc
 	command -v ccache >/dev/null && cc="ccache gcc"
+	# Paths under build/ hash the same from any clone of the repository.
+	export CCACHE_BASEDIR="$BUILD"
 	log "building bzImage ($KCONFIG, -j$JOBS, CC='$cc')"
 	# LOCALVERSION= (set, empty) stops setlocalversion from appending '+'
 	# for a git tree; the version is then exactly $(kernelversion)-aem.
 	make -s -C "$TREE" O="$OBJ" CC="$cc" LOCALVERSION= -j"$JOBS" bzImage
 	make -s -C "$TREE" O="$OBJ" headers_install INSTALL_HDR_PATH="$OBJ/uapi" >/dev/null
 	cp "$OBJ/arch/x86/boot/bzImage" "$BUILD/bzImage-$KCONFIG"
-	rm -rf "$BUILD/uapi"
-	[ "$KCONFIG" = default ] && cp -r "$OBJ/uapi" "$BUILD/uapi"
+	# The crates build against the default kernel's headers; the debug
+	# kernel has the same UAPI.
+	if [ "$KCONFIG" = default ]; then
+		rm -rf "$BUILD/uapi"
+		cp -r "$OBJ/uapi" "$BUILD/uapi"
+	fi
 	log "built $BUILD/bzImage-$KCONFIG: $(cat "$OBJ/include/config/kernel.release")"
 }
 
