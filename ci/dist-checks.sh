@@ -21,7 +21,10 @@ result() {
 }
 
 # DIST-2: the series is checkpatch-clean (the kernel's own script).
-if (cd build/linux && scripts/checkpatch.pl -q --terse "$TOP"/kernel-patches/*.patch) >"$work/cp" 2>&1; then
+# Options as in ci/kernel.sh (which explains the one ignored check).
+opts=$(sed -n 's/^CHECKPATCH_OPTS="\(.*\)"$/\1/p' ci/kernel.sh)
+# shellcheck disable=SC2086
+if (cd build/linux && PATH=/usr/bin:$PATH scripts/checkpatch.pl $opts "$TOP"/kernel-patches/*.patch) >"$work/cp" 2>&1; then
 	result dist_2_patch_series_is_checkpatch_clean ok
 else
 	result dist_2_patch_series_is_checkpatch_clean bad "$(grep -E 'ERROR|WARNING' "$work/cp" | head -n5)"

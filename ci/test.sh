@@ -68,5 +68,5 @@ phase guest-checks ci/dist-checks.sh
 phase conformance env \
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$TOP/qemu/cargo-runner.sh" \
-	cargo test -p aem-conformance --target x86_64-unknown-linux-gnu
+	cargo test -p aem-conformance --target x86_64-unknown-linux-gnu -- --test-threads=1
 summary

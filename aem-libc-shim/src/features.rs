@@ -17,6 +17,16 @@ pub struct FeatureSet(u64);
 impl FeatureSet {
     /// `aem_query()` itself.
     pub const QUERY: FeatureSet = FeatureSet(uapi::AEM_FEATURE_QUERY as u64);
+    /// `aem_register()` and `aem_ctl()`.
+    pub const REGISTER: FeatureSet = FeatureSet(uapi::AEM_FEATURE_REGISTER as u64);
+    /// `aem_wait()` and the context fd.
+    pub const WAIT: FeatureSet = FeatureSet(uapi::AEM_FEATURE_WAIT as u64);
+
+    const NAMED: [(FeatureSet, &'static str); 3] = [
+        (FeatureSet::QUERY, "QUERY"),
+        (FeatureSet::REGISTER, "REGISTER"),
+        (FeatureSet::WAIT, "WAIT"),
+    ];
 
     /// The raw bits, as the kernel reported them (unknown bits included).
     pub const fn bits(self) -> u64 {
@@ -32,10 +42,14 @@ impl FeatureSet {
 impl fmt::Debug for FeatureSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut set = f.debug_set();
-        if self.contains(FeatureSet::QUERY) {
-            set.entry(&format_args!("QUERY"));
+        let mut known = 0;
+        for (bit, name) in FeatureSet::NAMED {
+            known |= bit.0;
+            if self.contains(bit) {
+                set.entry(&format_args!("{name}"));
+            }
         }
-        let unknown = self.0 & !FeatureSet::QUERY.0;
+        let unknown = self.0 & !known;
         if unknown != 0 {
             set.entry(&format_args!("{unknown:#x}"));
         }

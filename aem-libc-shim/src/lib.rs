@@ -19,10 +19,12 @@
 //! # Layout
 //!
 //! - [`features`]: what the running kernel implements ([`Features`]).
+//! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
+//!   taken as records (polled delivery), with RAII registrations.
 //! - [`Error`]: every way an AEM call can fail.
 //!
 //! As the kernel side grows, so does this crate, one module per concern:
-//! registrations of closures per source kind (`source`), critical sections
+//! closures run inline as handlers, critical sections
 //! that defer delivery through the per-thread word (`critical`), and
 //! helpers that are safe to call from handlers and the main flow alike:
 //! output, allocation and locks (`io`, `alloc`, `sync`).
@@ -31,7 +33,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+mod event;
 mod features;
 
 pub use error::{Errno, Error};
+pub use event::{
+    context_fd, register, wait, Clock, EventData, Expiry, FdEvents, Options, Record, Registration,
+    Source,
+};
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};

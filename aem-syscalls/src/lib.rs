@@ -17,12 +17,18 @@ use core::fmt;
 
 pub mod uapi;
 
-pub use uapi::aem_features;
+pub use uapi::{aem_event_attr, aem_features, aem_record};
 
 /// System call numbers (x86_64), as in the patched `asm/unistd_64.h`.
 pub mod nr {
     /// `aem_query(2)`: what the running kernel implements.
     pub const AEM_QUERY: libc::c_long = crate::uapi::__NR_aem_query as libc::c_long;
+    /// `aem_register(2)`: register an event.
+    pub const AEM_REGISTER: libc::c_long = crate::uapi::__NR_aem_register as libc::c_long;
+    /// `aem_ctl(2)`: control a registration or the context.
+    pub const AEM_CTL: libc::c_long = crate::uapi::__NR_aem_ctl as libc::c_long;
+    /// `aem_wait(2)`: take pending polled events as records.
+    pub const AEM_WAIT: libc::c_long = crate::uapi::__NR_aem_wait as libc::c_long;
 
     // Upstream numbers grow from 463; ours must never meet them.
     const _: () = assert!(AEM_QUERY >= 1000);
@@ -137,6 +143,54 @@ pub unsafe fn aem_query(info: *mut aem_features, size: usize, flags: u32) -> Res
     // SAFETY: the caller guarantees `info` is writable for `size` bytes or
     // not mapped; the kernel checks the rest of the arguments.
     check(unsafe { libc::syscall(nr::AEM_QUERY, info, size, flags) }).map(|_| ())
+}
+
+/// `aem_register(attr, size, flags)`: register an event, returning its id.
+///
+/// # Safety
+///
+/// `attr` must be valid for reads of `size` bytes, or unmapped (`EFAULT`).
+///
+/// See `docs/man/aem_register.2.md`.
+pub unsafe fn aem_register(
+    attr: *const aem_event_attr,
+    size: usize,
+    flags: u32,
+) -> Result<u32, Error> {
+    // SAFETY: the caller guarantees `attr` is readable for `size` bytes or
+    // unmapped; the kernel only reads it.
+    check(unsafe { libc::syscall(nr::AEM_REGISTER, attr, size, flags) }).map(|id| id as u32)
+}
+
+/// `aem_ctl(id, op, arg)`: control a registration (`AEM_CTL_*`).
+///
+/// Returns the call's non-negative result: 0, or a file descriptor for
+/// `AEM_CTL_CONTEXT_FD`, which the caller then owns.
+///
+/// See `docs/man/aem_ctl.2.md`.
+pub fn aem_ctl(id: i32, op: u32, arg: u64) -> Result<i32, Error> {
+    // SAFETY: aem_ctl takes no pointers.
+    check(unsafe { libc::syscall(nr::AEM_CTL, id, op, arg) }).map(|r| r as i32)
+}
+
+/// `aem_wait(records, max, timeout, flags)`: take up to `max` pending
+/// polled events as records; returns how many were written.
+///
+/// # Safety
+///
+/// `records` must be valid for writes of `max` records, or unmapped
+/// (`EFAULT`); `timeout` must be null or valid for reads.
+///
+/// See `docs/man/aem_wait.2.md`.
+pub unsafe fn aem_wait(
+    records: *mut aem_record,
+    max: u32,
+    timeout: *const libc::timespec,
+    flags: u32,
+) -> Result<u32, Error> {
+    // SAFETY: the caller guarantees both pointers; the kernel checks the
+    // rest of the arguments.
+    check(unsafe { libc::syscall(nr::AEM_WAIT, records, max, timeout, flags) }).map(|n| n as u32)
 }
 
 #[cfg(test)]

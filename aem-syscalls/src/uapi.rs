@@ -6,6 +6,6 @@
 //! the tree and fails on any difference (`make bindings` rewrites it).
 
 #![allow(non_camel_case_types, non_upper_case_globals, missing_docs)]
-#![allow(clippy::all)]
+#![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
 
 include!("uapi_generated.rs");

@@ -5,8 +5,27 @@
 
 pub const AEM_ABI_VERSION: u32 = 1;
 pub const AEM_FEATURE_QUERY: u32 = 1;
+pub const AEM_FEATURE_REGISTER: u32 = 2;
+pub const AEM_FEATURE_WAIT: u32 = 4;
 pub const AEM_FEATURES_SIZE_VER0: u32 = 24;
+pub const AEM_EV_ONESHOT: u32 = 1;
+pub const AEM_EV_LEVEL: u32 = 2;
+pub const AEM_EV_DISPATCH: u32 = 4;
+pub const AEM_EV_DISABLED: u32 = 8;
+pub const AEM_PRIO_MAX: u32 = 99;
+pub const AEM_TIMER_ABSTIME: u32 = 1;
+pub const AEM_EVENT_ATTR_SIZE_VER0: u32 = 80;
+pub const AEM_CTL_ENABLE: u32 = 1;
+pub const AEM_CTL_DISABLE: u32 = 2;
+pub const AEM_CTL_SET_PRIORITY: u32 = 3;
+pub const AEM_CTL_UNREGISTER: u32 = 4;
+pub const AEM_CTL_CONTEXT_FD: u32 = 5;
+pub const AEM_WAIT_MAX_RECORDS: u32 = 1024;
 pub const __NR_aem_query: u32 = 1000;
+pub const __NR_aem_register: u32 = 1001;
+pub const __NR_aem_ctl: u32 = 1002;
+pub const __NR_aem_wait: u32 = 1003;
+pub type __s32 = ::core::ffi::c_int;
 pub type __u32 = ::core::ffi::c_uint;
 pub type __u64 = ::core::ffi::c_ulonglong;
 pub mod aem_source_kind {
@@ -42,4 +61,128 @@ const _: () = {
         [::core::mem::offset_of!(aem_features, features) - 8usize];
     ["Offset of field: aem_features::sources"]
         [::core::mem::offset_of!(aem_features, sources) - 16usize];
+};
+#[doc = " struct aem_fd_source - AEM_SOURCE_FD arguments\n @fd:     a file descriptor whose file supports poll; the registration\n          holds a reference to the file until it is unregistered.\n @events: EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLPRI ... to watch for.\n          EPOLLERR and EPOLLHUP are always reported."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_fd_source {
+    pub fd: __s32,
+    pub events: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_fd_source"][::core::mem::size_of::<aem_fd_source>() - 8usize];
+    ["Alignment of aem_fd_source"][::core::mem::align_of::<aem_fd_source>() - 4usize];
+    ["Offset of field: aem_fd_source::fd"][::core::mem::offset_of!(aem_fd_source, fd) - 0usize];
+    ["Offset of field: aem_fd_source::events"]
+        [::core::mem::offset_of!(aem_fd_source, events) - 4usize];
+};
+#[doc = " struct aem_timer_source - AEM_SOURCE_TIMER arguments\n @clockid:     CLOCK_MONOTONIC, CLOCK_REALTIME or CLOCK_BOOTTIME.\n @flags:       AEM_TIMER_ABSTIME, or 0 for a time relative to now.\n @value_ns:    first expiry, in nanoseconds; must not be 0.\n @interval_ns: period after the first expiry; 0 for a one-shot timer."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_timer_source {
+    pub clockid: __u32,
+    pub flags: __u32,
+    pub value_ns: __u64,
+    pub interval_ns: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_timer_source"][::core::mem::size_of::<aem_timer_source>() - 24usize];
+    ["Alignment of aem_timer_source"][::core::mem::align_of::<aem_timer_source>() - 8usize];
+    ["Offset of field: aem_timer_source::clockid"]
+        [::core::mem::offset_of!(aem_timer_source, clockid) - 0usize];
+    ["Offset of field: aem_timer_source::flags"]
+        [::core::mem::offset_of!(aem_timer_source, flags) - 4usize];
+    ["Offset of field: aem_timer_source::value_ns"]
+        [::core::mem::offset_of!(aem_timer_source, value_ns) - 8usize];
+    ["Offset of field: aem_timer_source::interval_ns"]
+        [::core::mem::offset_of!(aem_timer_source, interval_ns) - 16usize];
+};
+#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the __inline__ handler; 0 registers a polled\n             event, delivered as a record by aem_wait().\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @raw:       the union's size; unused bytes must be 0."]
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct aem_event_attr {
+    pub source: __u32,
+    pub flags: __u32,
+    pub priority: __u32,
+    pub reserved0: __u32,
+    pub handler: __u64,
+    pub cookie: __u64,
+    pub __bindgen_anon_1: aem_event_attr__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union aem_event_attr__bindgen_ty_1 {
+    pub fd: aem_fd_source,
+    pub timer: aem_timer_source,
+    pub raw: [__u64; 6usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_event_attr__bindgen_ty_1"]
+        [::core::mem::size_of::<aem_event_attr__bindgen_ty_1>() - 48usize];
+    ["Alignment of aem_event_attr__bindgen_ty_1"]
+        [::core::mem::align_of::<aem_event_attr__bindgen_ty_1>() - 8usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::fd"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, fd) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::timer"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, timer) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::raw"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, raw) - 0usize];
+};
+impl Default for aem_event_attr__bindgen_ty_1 {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_event_attr"][::core::mem::size_of::<aem_event_attr>() - 80usize];
+    ["Alignment of aem_event_attr"][::core::mem::align_of::<aem_event_attr>() - 8usize];
+    ["Offset of field: aem_event_attr::source"]
+        [::core::mem::offset_of!(aem_event_attr, source) - 0usize];
+    ["Offset of field: aem_event_attr::flags"]
+        [::core::mem::offset_of!(aem_event_attr, flags) - 4usize];
+    ["Offset of field: aem_event_attr::priority"]
+        [::core::mem::offset_of!(aem_event_attr, priority) - 8usize];
+    ["Offset of field: aem_event_attr::reserved0"]
+        [::core::mem::offset_of!(aem_event_attr, reserved0) - 12usize];
+    ["Offset of field: aem_event_attr::handler"]
+        [::core::mem::offset_of!(aem_event_attr, handler) - 16usize];
+    ["Offset of field: aem_event_attr::cookie"]
+        [::core::mem::offset_of!(aem_event_attr, cookie) - 24usize];
+};
+impl Default for aem_event_attr {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[doc = " struct aem_record - one delivery of a polled event, from aem_wait()\n @id:     the registration's id.\n @source: its AEM_SOURCE_* kind.\n @cookie: aem_event_attr.cookie.\n @count:  activations coalesced into this delivery (at least 1).\n @data:   source data.  AEM_SOURCE_FD: data[0] the fd, data[1] the ready\n          mask.  AEM_SOURCE_TIMER: data[0] the expirations (overruns\n          included), data[1] 0."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_record {
+    pub id: __u32,
+    pub source: __u32,
+    pub cookie: __u64,
+    pub count: __u64,
+    pub data: [__u64; 2usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_record"][::core::mem::size_of::<aem_record>() - 40usize];
+    ["Alignment of aem_record"][::core::mem::align_of::<aem_record>() - 8usize];
+    ["Offset of field: aem_record::id"][::core::mem::offset_of!(aem_record, id) - 0usize];
+    ["Offset of field: aem_record::source"][::core::mem::offset_of!(aem_record, source) - 4usize];
+    ["Offset of field: aem_record::cookie"][::core::mem::offset_of!(aem_record, cookie) - 8usize];
+    ["Offset of field: aem_record::count"][::core::mem::offset_of!(aem_record, count) - 16usize];
+    ["Offset of field: aem_record::data"][::core::mem::offset_of!(aem_record, data) - 24usize];
 };

@@ -153,3 +153,93 @@ pub fn deny_syscall_with_enosys(nr: libc::c_long) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 just returned these descriptors; nothing else owns them.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// A non-blocking, close-on-exec eventfd.
+pub fn eventfd() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd has no memory-safety preconditions.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+    // SAFETY: eventfd just returned this descriptor.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Write `bytes` to `fd`, asserting it all went.
+pub fn write_fd(fd: &impl std::os::fd::AsRawFd, bytes: &[u8]) {
+    // SAFETY: `bytes` is valid for reads of its length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    assert_eq!(
+        n,
+        bytes.len() as isize,
+        "write: {}",
+        io::Error::last_os_error()
+    );
+}
+
+/// One line of `/proc/<pid>/aem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcAemRow {
+    /// Registration id.
+    pub id: u32,
+    /// Source name ("fd", "timer", ...).
+    pub source: String,
+    /// Priority.
+    pub prio: u32,
+    /// Flags, comma-separated, or "-".
+    pub flags: String,
+    /// "enabled" or "disabled".
+    pub state: String,
+    /// Activations since registration.
+    pub activations: u64,
+    /// Deliveries since registration.
+    pub deliveries: u64,
+    /// Activations not delivered yet.
+    pub pending: u64,
+}
+
+/// Parse `/proc/<pid>/aem` (`pid` "self" for the caller).
+pub fn proc_aem(pid: &str) -> Vec<ProcAemRow> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/aem")).expect("read /proc/pid/aem");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("id\tsource\tprio\tflags\tstate\tactivations\tdeliveries\tpending")
+    );
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 8, "bad /proc/pid/aem line: {l:?}");
+            ProcAemRow {
+                id: f[0].parse().unwrap(),
+                source: f[1].to_string(),
+                prio: f[2].parse().unwrap(),
+                flags: f[3].to_string(),
+                state: f[4].to_string(),
+                activations: f[5].parse().unwrap(),
+                deliveries: f[6].parse().unwrap(),
+                pending: f[7].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The `/proc/self/aem` row of registration `id`.
+pub fn proc_row(id: u32) -> Option<ProcAemRow> {
+    proc_aem("self").into_iter().find(|r| r.id == id)
+}

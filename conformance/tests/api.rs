@@ -181,3 +181,230 @@ fn api_4_shim_reports_kernel_without_aem_clearly() {
     // The rest of the process still sees AEM.
     aem::features().expect("AEM on the other threads");
 }
+
+fn timer_attr() -> uapi::aem_event_attr {
+    let mut attr = uapi::aem_event_attr {
+        source: uapi::aem_source_kind::AEM_SOURCE_TIMER,
+        ..Default::default()
+    };
+    attr.__bindgen_anon_1.timer = uapi::aem_timer_source {
+        clockid: libc::CLOCK_MONOTONIC as u32,
+        flags: 0,
+        value_ns: 3_600_000_000_000,
+        interval_ns: 0,
+    };
+    attr
+}
+
+fn register_raw(attr: &uapi::aem_event_attr) -> Result<u32, Error> {
+    // SAFETY: `attr` is a live aem_event_attr of the size passed.
+    unsafe { aem_syscalls::aem_register(attr, size_of::<uapi::aem_event_attr>(), 0) }
+}
+
+fn unregister(id: u32) {
+    aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).expect("unregister");
+}
+
+const EINVAL: Result<u32, Error> = Err(Error::Os(Errno::EINVAL));
+
+#[test]
+fn api_2_register_returns_distinct_ids_and_query_lists_sources() {
+    let info = aem::features().unwrap();
+    assert!(info.features.contains(aem::FeatureSet::REGISTER));
+    assert!(info.features.contains(aem::FeatureSet::WAIT));
+    assert!(info.sources.contains(aem::SourceKind::Fd));
+    assert!(info.sources.contains(aem::SourceKind::Timer));
+    let a = register_raw(&timer_attr()).unwrap();
+    let b = register_raw(&timer_attr()).unwrap();
+    assert!(a > 0 && b > 0 && a != b);
+    unregister(a);
+    // Ids are not reused at once: a stale id names nothing.
+    let c = register_raw(&timer_attr()).unwrap();
+    assert_ne!(c, a);
+    unregister(b);
+    unregister(c);
+}
+
+#[test]
+fn api_2_register_accepts_larger_zeroed_struct_and_rejects_nonzero_tail() {
+    let mut buf = vec![0u8; 256];
+    let attr = timer_attr();
+    // SAFETY: copies the plain-data struct's bytes into a larger buffer.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&attr as *const uapi::aem_event_attr).cast::<u8>(),
+            buf.as_mut_ptr(),
+            size_of::<uapi::aem_event_attr>(),
+        )
+    };
+    // SAFETY: `buf` is readable for its length.
+    let id = unsafe { aem_syscalls::aem_register(buf.as_ptr().cast(), buf.len(), 0) }.unwrap();
+    unregister(id);
+    buf[200] = 1;
+    // SAFETY: as above.
+    let r = unsafe { aem_syscalls::aem_register(buf.as_ptr().cast(), buf.len(), 0) };
+    assert_eq!(r, Err(Error::Os(Errno::E2BIG)));
+}
+
+#[test]
+fn api_3_register_rejects_bad_arguments() {
+    let size = size_of::<uapi::aem_event_attr>();
+    let attr = timer_attr();
+    // SAFETY (all calls below): pointers are to live structs or are
+    // deliberately bad addresses the kernel must refuse.
+    unsafe {
+        assert_eq!(aem_syscalls::aem_register(&attr, size, 1), EINVAL, "flags");
+        assert_eq!(
+            aem_syscalls::aem_register(&attr, size - 1, 0),
+            EINVAL,
+            "small"
+        );
+        assert_eq!(
+            aem_syscalls::aem_register(&attr, 1 << 20, 0),
+            EINVAL,
+            "huge"
+        );
+        assert_eq!(
+            aem_syscalls::aem_register(std::ptr::null(), size, 0),
+            Err(Error::Os(Errno::EFAULT))
+        );
+    }
+    let cases: [(&str, fn(&mut uapi::aem_event_attr)); 9] = [
+        ("unknown source", |a| a.source = 77),
+        ("source 0", |a| a.source = 0),
+        ("unimplemented source", |a| {
+            a.source = uapi::aem_source_kind::AEM_SOURCE_TOPIC
+        }),
+        ("unknown flag", |a| a.flags = 1 << 20),
+        ("reserved0", |a| a.reserved0 = 1),
+        ("priority", |a| a.priority = uapi::AEM_PRIO_MAX + 1),
+        ("inline handler (not yet)", |a| a.handler = 0x1000),
+        ("bad clock", |a| {
+            a.__bindgen_anon_1.timer.clockid = libc::CLOCK_PROCESS_CPUTIME_ID as u32
+        }),
+        // SAFETY: every bit pattern is valid for the union's u64 array.
+        ("unused union bytes", |a| unsafe {
+            a.__bindgen_anon_1.raw[5] = 1
+        }),
+    ];
+    for (what, break_it) in cases {
+        let mut a = timer_attr();
+        break_it(&mut a);
+        assert_eq!(register_raw(&a), EINVAL, "{what}");
+    }
+}
+
+#[test]
+fn api_3_ctl_rejects_bad_ids_and_ops() {
+    let enoent = Err(Error::Os(Errno(libc::ENOENT)));
+    let id = register_raw(&timer_attr()).unwrap() as i32;
+    assert_eq!(
+        aem_syscalls::aem_ctl(id, 0, 0),
+        Err(Error::Os(Errno::EINVAL)),
+        "op 0"
+    );
+    assert_eq!(
+        aem_syscalls::aem_ctl(id, 99, 0),
+        Err(Error::Os(Errno::EINVAL)),
+        "op 99"
+    );
+    assert_eq!(
+        aem_syscalls::aem_ctl(id, uapi::AEM_CTL_SET_PRIORITY, 100),
+        Err(Error::Os(Errno::EINVAL))
+    );
+    assert_eq!(
+        aem_syscalls::aem_ctl(id, uapi::AEM_CTL_ENABLE, 1),
+        Err(Error::Os(Errno::EINVAL)),
+        "arg"
+    );
+    assert_eq!(
+        aem_syscalls::aem_ctl(5, uapi::AEM_CTL_CONTEXT_FD, 0),
+        Err(Error::Os(Errno::EINVAL)),
+        "context fd with an id"
+    );
+    assert_eq!(
+        aem_syscalls::aem_ctl(0, uapi::AEM_CTL_CONTEXT_FD, 1),
+        Err(Error::Os(Errno::EINVAL)),
+        "context fd flags"
+    );
+    for bad in [0, -1, i32::MIN, id + 1000] {
+        assert_eq!(
+            aem_syscalls::aem_ctl(bad, uapi::AEM_CTL_DISABLE, 0),
+            enoent,
+            "id {bad}"
+        );
+    }
+    assert_eq!(
+        aem_syscalls::aem_ctl(id, uapi::AEM_CTL_UNREGISTER, 0),
+        Ok(0)
+    );
+    assert_eq!(
+        aem_syscalls::aem_ctl(id, uapi::AEM_CTL_UNREGISTER, 0),
+        enoent,
+        "twice"
+    );
+}
+
+#[test]
+fn api_3_wait_rejects_bad_arguments_and_loses_nothing_on_efault() {
+    let mut recs = [uapi::aem_record::default(); 4];
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let bad_ns = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 1_000_000_000,
+    };
+    let negative = libc::timespec {
+        tv_sec: -1,
+        tv_nsec: 0,
+    };
+    // SAFETY (all calls below): live buffers, or deliberately bad pointers.
+    unsafe {
+        let einval = Err(Error::Os(Errno::EINVAL));
+        assert_eq!(
+            aem_syscalls::aem_wait(recs.as_mut_ptr(), 0, &zero, 0),
+            einval,
+            "max 0"
+        );
+        assert_eq!(
+            aem_syscalls::aem_wait(recs.as_mut_ptr(), 1025, &zero, 0),
+            einval,
+            "max"
+        );
+        assert_eq!(
+            aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, &zero, 1),
+            einval,
+            "flags"
+        );
+        assert_eq!(
+            aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, &bad_ns, 0),
+            einval,
+            "nsec"
+        );
+        assert_eq!(
+            aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, &negative, 0),
+            einval,
+            "neg"
+        );
+        assert_eq!(
+            aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, 8 as *const libc::timespec, 0),
+            Err(Error::Os(Errno::EFAULT)),
+            "timeout pointer"
+        );
+    }
+    // A pending record that cannot be written stays pending.
+    let mut attr = timer_attr();
+    attr.__bindgen_anon_1.timer.value_ns = 1_000;
+    let id = register_raw(&attr).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // SAFETY: NULL records: the kernel must fault cleanly.
+    let r = unsafe { aem_syscalls::aem_wait(std::ptr::null_mut(), 4, &zero, 0) };
+    assert_eq!(r, Err(Error::Os(Errno::EFAULT)));
+    // SAFETY: live buffer and timeout.
+    let n = unsafe { aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, &zero, 0) }.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!((recs[0].id, recs[0].count, recs[0].data[0]), (id, 1, 1));
+    unregister(id);
+}

@@ -1,0 +1,300 @@
+//! Registering events, and taking them as records (polled delivery).
+//!
+//! A [`Registration`] is an RAII handle: dropping it unregisters the event.
+//! Pending events are taken with [`wait`], highest priority first, then in
+//! activation order; repeated activations arrive coalesced in one
+//! [`Record`] whose `count` is exact.  [`context_fd`] gives a descriptor
+//! that poll, select and epoll see readable while records are pending.
+
+use core::mem::size_of;
+use core::time::Duration;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use aem_syscalls::uapi;
+
+use crate::{Error, SourceKind};
+
+/// Readiness events of an fd source (`EPOLLIN`, `EPOLLOUT`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FdEvents(pub u32);
+
+impl FdEvents {
+    /// Readable.
+    pub const IN: FdEvents = FdEvents(libc::EPOLLIN as u32);
+    /// Writable.
+    pub const OUT: FdEvents = FdEvents(libc::EPOLLOUT as u32);
+    /// Urgent data.
+    pub const PRI: FdEvents = FdEvents(libc::EPOLLPRI as u32);
+    /// The peer closed its writing end.
+    pub const RDHUP: FdEvents = FdEvents(libc::EPOLLRDHUP as u32);
+    /// An error (always reported).
+    pub const ERR: FdEvents = FdEvents(libc::EPOLLERR as u32);
+    /// Hang-up (always reported).
+    pub const HUP: FdEvents = FdEvents(libc::EPOLLHUP as u32);
+
+    /// Whether every event of `other` is in `self`.
+    pub const fn contains(self, other: FdEvents) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for FdEvents {
+    type Output = FdEvents;
+    fn bitor(self, rhs: FdEvents) -> FdEvents {
+        FdEvents(self.0 | rhs.0)
+    }
+}
+
+/// The clock a timer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Clock {
+    /// `CLOCK_MONOTONIC`: does not jump, stops in suspend.
+    Monotonic,
+    /// `CLOCK_REALTIME`: wall-clock time.
+    Realtime,
+    /// `CLOCK_BOOTTIME`: monotonic, counting suspend.
+    Boottime,
+}
+
+impl Clock {
+    fn raw(self) -> u32 {
+        (match self {
+            Clock::Monotonic => libc::CLOCK_MONOTONIC,
+            Clock::Realtime => libc::CLOCK_REALTIME,
+            Clock::Boottime => libc::CLOCK_BOOTTIME,
+        }) as u32
+    }
+}
+
+/// When a timer first expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expiry {
+    /// This long after registration.
+    After(Duration),
+    /// At this time of its clock (since the clock's epoch).
+    At(Duration),
+}
+
+/// What an event watches.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'fd> {
+    /// Readiness of a pollable fd.  The kernel keeps the file open until
+    /// the event is unregistered.
+    Fd {
+        /// The file descriptor.
+        fd: BorrowedFd<'fd>,
+        /// The events to watch; ERR and HUP are always reported.
+        events: FdEvents,
+    },
+    /// A high-resolution timer.
+    Timer {
+        /// Its clock.
+        clock: Clock,
+        /// Its first expiry.
+        expiry: Expiry,
+        /// Its period after the first expiry; `None` for one shot.
+        interval: Option<Duration>,
+    },
+}
+
+/// How an event is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Options {
+    /// 0 (lowest) to 99; higher priorities are delivered first.
+    pub priority: u8,
+    /// Unregister after the first delivery.
+    pub oneshot: bool,
+    /// Fd source: deliver again while the fd stays ready.
+    pub level: bool,
+    /// Disable after each delivery; [`Registration::enable`] re-arms.
+    pub dispatch: bool,
+    /// Register disabled.
+    pub disabled: bool,
+    /// Returned with every record.
+    pub cookie: u64,
+}
+
+/// A registered event; dropping it unregisters the event.
+#[derive(Debug)]
+pub struct Registration {
+    id: u32,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Register an event for polled delivery.
+pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Error> {
+    let mut attr = uapi::aem_event_attr {
+        priority: u32::from(options.priority),
+        cookie: options.cookie,
+        ..Default::default()
+    };
+    let flags = [
+        (options.oneshot, uapi::AEM_EV_ONESHOT),
+        (options.level, uapi::AEM_EV_LEVEL),
+        (options.dispatch, uapi::AEM_EV_DISPATCH),
+        (options.disabled, uapi::AEM_EV_DISABLED),
+    ];
+    attr.flags = flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |f, (_, bit)| f | bit);
+    match source {
+        Source::Fd { fd, events } => {
+            attr.source = SourceKind::Fd.raw();
+            attr.__bindgen_anon_1.fd = uapi::aem_fd_source {
+                fd: fd.as_raw_fd(),
+                events: events.0,
+            };
+        }
+        Source::Timer {
+            clock,
+            expiry,
+            interval,
+        } => {
+            attr.source = SourceKind::Timer.raw();
+            let (flags, value) = match expiry {
+                Expiry::After(d) => (0, d),
+                Expiry::At(t) => (uapi::AEM_TIMER_ABSTIME, t),
+            };
+            attr.__bindgen_anon_1.timer = uapi::aem_timer_source {
+                clockid: clock.raw(),
+                flags,
+                value_ns: ns(value),
+                interval_ns: interval.map_or(0, ns),
+            };
+        }
+    }
+    // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
+    let id = unsafe { aem_syscalls::aem_register(&attr, size_of::<uapi::aem_event_attr>(), 0) }?;
+    Ok(Registration { id })
+}
+
+impl Registration {
+    /// The registration's id, as in records and `/proc/<pid>/aem`.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn ctl(&self, op: u32, arg: u64) -> Result<(), Error> {
+        aem_syscalls::aem_ctl(self.id as i32, op, arg)?;
+        Ok(())
+    }
+
+    /// Deliver the event again; activations counted meanwhile are queued.
+    pub fn enable(&self) -> Result<(), Error> {
+        self.ctl(uapi::AEM_CTL_ENABLE, 0)
+    }
+
+    /// Stop delivering the event; activations are still counted.
+    pub fn disable(&self) -> Result<(), Error> {
+        self.ctl(uapi::AEM_CTL_DISABLE, 0)
+    }
+
+    /// Change the event's priority (0 to 99).
+    pub fn set_priority(&self, priority: u8) -> Result<(), Error> {
+        self.ctl(uapi::AEM_CTL_SET_PRIORITY, u64::from(priority))
+    }
+
+    /// Unregister now, reporting failure (dropping ignores it).
+    pub fn unregister(self) -> Result<(), Error> {
+        let r = self.ctl(uapi::AEM_CTL_UNREGISTER, 0);
+        core::mem::forget(self);
+        r
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // ENOENT: a one-shot event already unregistered by its delivery.
+        let _ = self.ctl(uapi::AEM_CTL_UNREGISTER, 0);
+    }
+}
+
+/// What a delivered event carries, by source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventData {
+    /// Fd readiness: the fd and its ready events.
+    Fd {
+        /// The registered fd.
+        fd: RawFd,
+        /// The events that were ready.
+        ready: FdEvents,
+    },
+    /// Timer expiries since the previous delivery, overruns included.
+    Timer {
+        /// Number of expirations.
+        expirations: u64,
+    },
+    /// A source this crate does not know yet.
+    Other {
+        /// The record's source number.
+        source: u32,
+        /// Its raw data.
+        data: [u64; 2],
+    },
+}
+
+/// One delivery of a polled event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Record {
+    /// The registration's id.
+    pub id: u32,
+    /// [`Options::cookie`].
+    pub cookie: u64,
+    /// Activations coalesced into this delivery.
+    pub count: u64,
+    /// The source's data.
+    pub data: EventData,
+}
+
+impl From<&uapi::aem_record> for Record {
+    fn from(r: &uapi::aem_record) -> Record {
+        let data = match r.source {
+            s if s == SourceKind::Fd.raw() => EventData::Fd {
+                fd: r.data[0] as RawFd,
+                ready: FdEvents(r.data[1] as u32),
+            },
+            s if s == SourceKind::Timer.raw() => EventData::Timer {
+                expirations: r.data[0],
+            },
+            source => EventData::Other {
+                source,
+                data: r.data,
+            },
+        };
+        Record {
+            id: r.id,
+            cookie: r.cookie,
+            count: r.count,
+            data,
+        }
+    }
+}
+
+/// Wait for pending polled events and take up to `max` (1 to 1024) of
+/// them.  `None` waits for ever; an elapsed timeout gives an empty vector.
+/// A signal ends the wait with `Error::Os(EINTR)`.
+pub fn wait(max: usize, timeout: Option<Duration>) -> Result<Vec<Record>, Error> {
+    let mut raw = vec![uapi::aem_record::default(); max];
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts.as_ref().map_or(core::ptr::null(), |t| t as *const _);
+    let max = u32::try_from(max).unwrap_or(u32::MAX);
+    // SAFETY: `raw` holds `max` records; `ts_ptr` is null or points at a
+    // live timespec.
+    let n = unsafe { aem_syscalls::aem_wait(raw.as_mut_ptr(), max, ts_ptr, 0) }?;
+    Ok(raw[..n as usize].iter().map(Record::from).collect())
+}
+
+/// A new descriptor for the process's AEM context, readable while polled
+/// records are pending; close-on-exec.
+pub fn context_fd() -> Result<OwnedFd, Error> {
+    let fd = aem_syscalls::aem_ctl(0, uapi::AEM_CTL_CONTEXT_FD, libc::O_CLOEXEC as u64)?;
+    // SAFETY: the kernel just returned this new descriptor; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,110 @@
+//! EXEC-4: events taken as records by a wait call, and the AEM context
+//! watched with poll/select/epoll.
+//!
+//! The tests share the process's AEM context: run with --test-threads=1.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use aem::{FdEvents, Options, Source};
+use aem_conformance::{eventfd, write_fd};
+
+fn register_eventfd(fd: &std::os::fd::OwnedFd) -> aem::Registration {
+    aem::register(
+        Source::Fd {
+            fd: fd.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn exec_4_wait_returns_nothing_after_its_timeout() {
+    let start = Instant::now();
+    let recs = aem::wait(4, Some(Duration::from_millis(50))).unwrap();
+    assert!(recs.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(50));
+}
+
+#[test]
+fn exec_4_wait_takes_a_batch_of_at_most_max() {
+    let fds: Vec<_> = (0..5).map(|_| eventfd()).collect();
+    let regs: Vec<_> = fds.iter().map(register_eventfd).collect();
+    for fd in &fds {
+        write_fd(fd, &1u64.to_ne_bytes());
+    }
+    let first = aem::wait(3, Some(Duration::from_secs(1))).unwrap();
+    let rest = aem::wait(8, Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(rest.len(), 2);
+    let mut ids: Vec<u32> = first.iter().chain(&rest).map(|r| r.id).collect();
+    ids.sort_unstable();
+    let mut want: Vec<u32> = regs.iter().map(|r| r.id()).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "each event exactly once");
+}
+
+#[test]
+fn exec_4_context_fd_works_with_epoll() {
+    let ctx = aem::context_fd().unwrap();
+    // SAFETY: epoll_create1 has no memory-safety preconditions.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 7,
+    };
+    // SAFETY: `ev` is a valid epoll_event.
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ctx.as_raw_fd(), &mut ev) };
+    assert_eq!(r, 0);
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: `out` has room for 4 events.
+    let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 0) };
+    assert_eq!(n, 0, "nothing pending yet");
+
+    let efd = eventfd();
+    let reg = register_eventfd(&efd);
+    write_fd(&efd, &1u64.to_ne_bytes());
+    // SAFETY: as above.
+    let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 1000) };
+    assert_eq!(n, 1);
+    assert_eq!({ out[0].u64 }, 7);
+    let recs = aem::wait(4, Some(Duration::ZERO)).unwrap();
+    assert_eq!(recs.iter().map(|r| r.id).collect::<Vec<_>>(), [reg.id()]);
+    // SAFETY: as above.
+    let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 0) };
+    assert_eq!(n, 0, "drained");
+    // SAFETY: closes our epoll descriptor.
+    unsafe { libc::close(ep) };
+}
+
+#[test]
+fn exec_4_context_fd_works_with_select() {
+    let ctx = aem::context_fd().unwrap();
+    let efd = eventfd();
+    let reg = register_eventfd(&efd);
+    write_fd(&efd, &1u64.to_ne_bytes());
+    // SAFETY: fd_set manipulation on a zeroed set with an fd below
+    // FD_SETSIZE.
+    unsafe {
+        let mut set: libc::fd_set = std::mem::zeroed();
+        libc::FD_SET(ctx.as_raw_fd(), &mut set);
+        let mut tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        let n = libc::select(
+            ctx.as_raw_fd() + 1,
+            &mut set,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut tv,
+        );
+        assert_eq!(n, 1);
+        assert!(libc::FD_ISSET(ctx.as_raw_fd(), &set));
+    }
+    let recs = aem::wait(4, Some(Duration::ZERO)).unwrap();
+    assert_eq!(recs.iter().map(|r| r.id).collect::<Vec<_>>(), [reg.id()]);
+}

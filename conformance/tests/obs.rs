@@ -1,0 +1,99 @@
+//! OBS-1: /proc/<pid>/aem lists every registration with its counters.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use aem::{Clock, Expiry, FdEvents, Options, Source};
+use aem_conformance::{eventfd, proc_aem, proc_row, write_fd};
+
+#[test]
+fn obs_1_proc_lists_registrations_with_counters() {
+    let efd = eventfd();
+    let fd_reg = aem::register(
+        Source::Fd {
+            fd: efd.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options {
+            priority: 42,
+            level: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let timer_reg = aem::register(
+        Source::Timer {
+            clock: Clock::Monotonic,
+            expiry: Expiry::After(Duration::from_secs(3600)),
+            interval: None,
+        },
+        Options {
+            oneshot: true,
+            disabled: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    let fd_row = proc_row(fd_reg.id()).unwrap();
+    assert_eq!(
+        (
+            fd_row.source.as_str(),
+            fd_row.prio,
+            fd_row.flags.as_str(),
+            fd_row.state.as_str()
+        ),
+        ("fd", 42, "level", "enabled")
+    );
+    assert_eq!(
+        (fd_row.activations, fd_row.deliveries, fd_row.pending),
+        (0, 0, 0)
+    );
+    let t_row = proc_row(timer_reg.id()).unwrap();
+    assert_eq!(
+        (
+            t_row.source.as_str(),
+            t_row.flags.as_str(),
+            t_row.state.as_str()
+        ),
+        ("timer", "oneshot,disabled", "disabled")
+    );
+
+    write_fd(&efd, &1u64.to_ne_bytes());
+    let row = proc_row(fd_reg.id()).unwrap();
+    assert_eq!((row.activations, row.pending), (1, 1));
+    let recs = aem::wait(4, Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(recs.len(), 1);
+    let row = proc_row(fd_reg.id()).unwrap();
+    assert_eq!(row.deliveries, 1);
+
+    drop(fd_reg);
+    drop(timer_reg);
+    assert!(
+        proc_aem("self").is_empty(),
+        "unregistered events still listed"
+    );
+}
+
+#[test]
+fn obs_1_other_process_reads_our_registrations() {
+    let efd = eventfd();
+    let reg = aem::register(
+        Source::Fd {
+            fd: efd.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options::default(),
+    )
+    .unwrap();
+    let out = std::process::Command::new("cat")
+        .arg(format!("/proc/{}/aem", std::process::id()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("{}\tfd\t", reg.id()))),
+        "{text}"
+    );
+}
