@@ -250,7 +250,7 @@ fn api_2_register_accepts_larger_zeroed_struct_and_rejects_nonzero_tail() {
 fn api_3_register_rejects_bad_arguments() {
     let size = size_of::<uapi::aem_event_attr>();
     let attr = timer_attr();
-    // SAFETY (all calls below): pointers are to live structs or are
+    // SAFETY: in all calls below, pointers are to live structs or are
     // deliberately bad addresses the kernel must refuse.
     unsafe {
         assert_eq!(aem_syscalls::aem_register(&attr, size, 1), EINVAL, "flags");
@@ -269,7 +269,8 @@ fn api_3_register_rejects_bad_arguments() {
             Err(Error::Os(Errno::EFAULT))
         );
     }
-    let cases: [(&str, fn(&mut uapi::aem_event_attr)); 9] = [
+    type Breaker = fn(&mut uapi::aem_event_attr);
+    let cases: [(&str, Breaker); 9] = [
         ("unknown source", |a| a.source = 77),
         ("source 0", |a| a.source = 0),
         ("unimplemented source", |a| {
@@ -360,7 +361,8 @@ fn api_3_wait_rejects_bad_arguments_and_loses_nothing_on_efault() {
         tv_sec: -1,
         tv_nsec: 0,
     };
-    // SAFETY (all calls below): live buffers, or deliberately bad pointers.
+    // SAFETY: all calls below pass live buffers, or deliberately bad
+    // pointers the kernel must refuse.
     unsafe {
         let einval = Err(Error::Os(Errno::EINVAL));
         assert_eq!(
@@ -389,7 +391,12 @@ fn api_3_wait_rejects_bad_arguments_and_loses_nothing_on_efault() {
             "neg"
         );
         assert_eq!(
-            aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, 8 as *const libc::timespec, 0),
+            aem_syscalls::aem_wait(
+                recs.as_mut_ptr(),
+                4,
+                std::ptr::dangling::<libc::timespec>(),
+                0
+            ),
             Err(Error::Os(Errno::EFAULT)),
             "timeout pointer"
         );

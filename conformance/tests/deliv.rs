@@ -116,7 +116,9 @@ fn deliv_2_timer_activations_while_disabled_all_delivered() {
     reg.enable().unwrap();
     let recs = aem::wait(8, Some(SEC)).unwrap();
     drop(reg);
-    assert_eq!(recs.len(), 1);
+    // The timer keeps firing while aem_wait() collects: still one record,
+    // since one call reports each event once.
+    assert_eq!(recs.len(), 1, "{recs:?}");
     assert!(
         recs[0].count >= before.pending,
         "{} < {}",
