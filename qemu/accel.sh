@@ -47,4 +47,4 @@ QEMU_BASE_ARGS=("${accel[@]}" -smp "${AEM_SMP:-2}" -m "$mem" -nodefaults
 # shellcheck disable=SC2034
 KERNEL_CMDLINE="console=ttyS0 loglevel=5 panic=-1 oops=panic ${AEM_CMDLINE:-}"
 # shellcheck disable=SC2034
-KERNEL_PROBLEM_RE='(WARNING:|BUG:|Oops|Kernel panic|UBSAN:|general protection fault|kmemleak: [0-9]+ new suspected)'
+KERNEL_PROBLEM_RE='(WARNING:|BUG:|Oops|Kernel panic|UBSAN:|general protection fault|kmemleak: [0-9]+ new suspected|unreferenced object 0x)'
