@@ -9,7 +9,8 @@
 #   make kernel-reset    discard build/linux's work, re-apply kernel-patches/
 #   make rootfs          build/rootfs.cpio.gz (ROOTFS_OVERLAY=DIR adds files)
 #   make run             boot and run the demo (a shell when on a terminal)
-#   make guest CMD='..'  run CMD in a fresh guest; its output and exit status
+#   make guest CMD='..'  run CMD in a fresh guest; its output, and its exit
+#                        status (exactly, from qemu/guest.sh)
 #   make test            everything, ending in "N passed, N failed"
 #   make bench           the benchmark table
 #   make bindings        regenerate aem-syscalls' UAPI bindings
@@ -45,7 +46,7 @@ kernel-reset:
 	@ci/kernel.sh reset
 
 guest-bins:
-	$(GUEST_CARGO) build --release --target $(TARGET) -p aem-demo
+	@$(GUEST_CARGO) build -q --release --target $(TARGET) -p aem-demo
 
 rootfs: deps guest-bins
 	@rootfs/build.sh build/rootfs.cpio.gz $(if $(ROOTFS_OVERLAY),--overlay $(ROOTFS_OVERLAY)) $(GUEST_BINS)
@@ -53,8 +54,12 @@ rootfs: deps guest-bins
 run: kernel rootfs
 	@qemu/run.sh
 
-guest: kernel rootfs
+# The build's chatter goes to stderr, so stdout is the command's output.
+# Make turns any failure into its own exit status 2 and names the guest's
+# ("Error N"); qemu/guest.sh itself exits with the guest's status.
+guest:
 	@test -n "$(CMD)" || { echo "usage: make guest CMD='command'" >&2; exit 2; }
+	@$(MAKE) -s kernel rootfs >&2
 	@qemu/guest.sh -- "$(CMD)"
 
 test:
