@@ -60,6 +60,16 @@ else
 	result dist_5_guest_fails_on_kernel_warning bad "exit $rc (want 125)"
 fi
 
+# DIST-5: the guest keeps the TSC clocksource under host load (tsc=reliable);
+# on refined-jiffies, timers degrade to lost-tick 1 ms steps.
+out=$(qemu/guest.sh 'sleep 2; cat /sys/devices/system/clocksource/clocksource0/current_clocksource' 2>"$work/err")
+rc=$?
+if [ $rc -eq 0 ] && [ "$out" = tsc ]; then
+	result dist_5_guest_clocksource_is_tsc ok
+else
+	result dist_5_guest_clocksource_is_tsc bad "exit $rc, clocksource '$out'"
+fi
+
 # DIST-4: a program placed with ROOTFS_OVERLAY runs; its status reaches us.
 mkdir -p "$work/overlay/usr/local/bin"
 cat >"$work/overlay/usr/local/bin/overlay-hello" <<'EOF'

@@ -43,8 +43,12 @@ QEMU_BASE_ARGS=("${accel[@]}" -smp "${AEM_SMP:-2}" -m "$mem" -nodefaults
 	-display none -no-reboot -monitor none)
 # loglevel=5 shows WARNING-level messages (WARN(), lockdep) on the console
 # log, where the scripts look for them; oops=panic turns an oops into an
-# exit instead of a half-dead guest.
+# exit instead of a half-dead guest.  tsc=reliable: under TCG on a loaded
+# host the clocksource watchdog compares the TSC with jiffies, which lose
+# ticks, declares the TSC unstable and falls back to refined-jiffies; time
+# then advances in lost-tick steps and high-resolution timers degrade to
+# 1 ms.  QEMU's TSC follows the host clock, so it is the reliable one.
 # shellcheck disable=SC2034
-KERNEL_CMDLINE="console=ttyS0 loglevel=5 panic=-1 oops=panic ${AEM_CMDLINE:-}"
+KERNEL_CMDLINE="console=ttyS0 loglevel=5 panic=-1 oops=panic tsc=reliable ${AEM_CMDLINE:-}"
 # shellcheck disable=SC2034
 KERNEL_PROBLEM_RE='(WARNING:|BUG:|Oops|Kernel panic|UBSAN:|general protection fault|kmemleak: [0-9]+ new suspected|unreferenced object 0x)'

@@ -243,3 +243,22 @@ pub fn proc_aem(pid: &str) -> Vec<ProcAemRow> {
 pub fn proc_row(id: u32) -> Option<ProcAemRow> {
     proc_aem("self").into_iter().find(|r| r.id == id)
 }
+
+/// Register `fd`'s readability (`EPOLLIN`) as a polled AEM event.
+pub fn watch_in(
+    fd: &impl std::os::fd::AsFd,
+    options: aem::Options,
+) -> Result<aem::Registration, aem::Error> {
+    aem::register(
+        aem::Source::Fd {
+            fd: fd.as_fd(),
+            events: aem::FdEvents::IN,
+        },
+        options,
+    )
+}
+
+/// Add `n` to an eventfd's counter (a readiness wake-up).
+pub fn eventfd_add(fd: &impl std::os::fd::AsRawFd, n: u64) {
+    write_fd(fd, &n.to_ne_bytes());
+}

@@ -4,20 +4,13 @@
 //! The tests share the process's AEM context: run with --test-threads=1.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aem::{Clock, Expiry, FdEvents, Options, Source};
-use aem_conformance::{eventfd, pipe, proc_row, write_fd};
+use aem::{Clock, Expiry, Options, Source};
+use aem_conformance::{eventfd, eventfd_add, pipe, proc_row, watch_in};
 
 const SEC: Duration = Duration::from_secs(1);
-
-fn efd_source(fd: &std::os::fd::OwnedFd) -> Source<'_> {
-    Source::Fd {
-        fd: fd.as_fd(),
-        events: FdEvents::IN,
-    }
-}
 
 fn prio(priority: u8) -> Options {
     Options {
@@ -29,13 +22,13 @@ fn prio(priority: u8) -> Options {
 #[test]
 fn deliv_1_higher_priority_first_then_activation_order() {
     let fds: Vec<_> = (0..4).map(|_| eventfd()).collect();
-    let low = aem::register(efd_source(&fds[0]), prio(1)).unwrap();
-    let high = aem::register(efd_source(&fds[1]), prio(90)).unwrap();
-    let mid_a = aem::register(efd_source(&fds[2]), prio(50)).unwrap();
-    let mid_b = aem::register(efd_source(&fds[3]), prio(50)).unwrap();
+    let low = watch_in(&fds[0], prio(1)).unwrap();
+    let high = watch_in(&fds[1], prio(90)).unwrap();
+    let mid_a = watch_in(&fds[2], prio(50)).unwrap();
+    let mid_b = watch_in(&fds[3], prio(50)).unwrap();
     // Activate low first, then mid_b before mid_a.
     for i in [0, 3, 2, 1] {
-        write_fd(&fds[i], &1u64.to_ne_bytes());
+        eventfd_add(&fds[i], 1);
     }
     let order: Vec<u32> = aem::wait(8, Some(SEC))
         .unwrap()
@@ -48,10 +41,10 @@ fn deliv_1_higher_priority_first_then_activation_order() {
 #[test]
 fn deliv_1_priority_change_moves_a_pending_event() {
     let fds: Vec<_> = (0..2).map(|_| eventfd()).collect();
-    let a = aem::register(efd_source(&fds[0]), prio(10)).unwrap();
-    let b = aem::register(efd_source(&fds[1]), prio(20)).unwrap();
-    write_fd(&fds[0], &1u64.to_ne_bytes());
-    write_fd(&fds[1], &1u64.to_ne_bytes());
+    let a = watch_in(&fds[0], prio(10)).unwrap();
+    let b = watch_in(&fds[1], prio(20)).unwrap();
+    eventfd_add(&fds[0], 1);
+    eventfd_add(&fds[1], 1);
     a.set_priority(30).unwrap();
     let order: Vec<u32> = aem::wait(8, Some(SEC))
         .unwrap()
@@ -64,8 +57,8 @@ fn deliv_1_priority_change_moves_a_pending_event() {
 #[test]
 fn deliv_2_ten_thousand_activations_while_disabled_are_counted_exactly() {
     let efd = eventfd();
-    let reg = aem::register(
-        efd_source(&efd),
+    let reg = watch_in(
+        &efd,
         Options {
             disabled: true,
             ..Default::default()
@@ -73,7 +66,7 @@ fn deliv_2_ten_thousand_activations_while_disabled_are_counted_exactly() {
     )
     .unwrap();
     for _ in 0..10_000 {
-        write_fd(&efd, &1u64.to_ne_bytes());
+        eventfd_add(&efd, 1);
     }
     let row = proc_row(reg.id()).unwrap();
     assert_eq!(
@@ -138,15 +131,15 @@ fn deliv_2_timer_activations_while_disabled_all_delivered() {
 #[test]
 fn deliv_3_oneshot_unregisters_after_delivery() {
     let efd = eventfd();
-    let reg = aem::register(
-        efd_source(&efd),
+    let reg = watch_in(
+        &efd,
         Options {
             oneshot: true,
             ..Default::default()
         },
     )
     .unwrap();
-    write_fd(&efd, &1u64.to_ne_bytes());
+    eventfd_add(&efd, 1);
     assert_eq!(aem::wait(8, Some(SEC)).unwrap().len(), 1);
     assert_eq!(proc_row(reg.id()), None);
     assert_eq!(reg.disable(), Err(aem::Error::Os(aem::Errno(libc::ENOENT))));
@@ -155,19 +148,19 @@ fn deliv_3_oneshot_unregisters_after_delivery() {
 #[test]
 fn deliv_3_dispatch_disables_until_enabled_and_keeps_counting() {
     let efd = eventfd();
-    let reg = aem::register(
-        efd_source(&efd),
+    let reg = watch_in(
+        &efd,
         Options {
             dispatch: true,
             ..Default::default()
         },
     )
     .unwrap();
-    write_fd(&efd, &1u64.to_ne_bytes());
+    eventfd_add(&efd, 1);
     assert_eq!(aem::wait(8, Some(SEC)).unwrap().len(), 1);
     assert_eq!(proc_row(reg.id()).unwrap().state, "disabled");
-    write_fd(&efd, &1u64.to_ne_bytes());
-    write_fd(&efd, &1u64.to_ne_bytes());
+    eventfd_add(&efd, 1);
+    eventfd_add(&efd, 1);
     assert!(aem::wait(8, Some(Duration::from_millis(20)))
         .unwrap()
         .is_empty());
@@ -180,8 +173,8 @@ fn deliv_3_dispatch_disables_until_enabled_and_keeps_counting() {
 #[test]
 fn deliv_3_unregister_discards_pending() {
     let efd = eventfd();
-    let reg = aem::register(efd_source(&efd), Options::default()).unwrap();
-    write_fd(&efd, &1u64.to_ne_bytes());
+    let reg = watch_in(&efd, Options::default()).unwrap();
+    eventfd_add(&efd, 1);
     reg.unregister().unwrap();
     assert!(aem::wait(8, Some(Duration::from_millis(20)))
         .unwrap()
@@ -222,7 +215,7 @@ fn pipe_has_reader(w: &std::os::fd::OwnedFd) -> bool {
 #[test]
 fn deliv_6_fork_child_inherits_no_registrations() {
     let efd = eventfd();
-    let reg = aem::register(efd_source(&efd), Options::default()).unwrap();
+    let reg = watch_in(&efd, Options::default()).unwrap();
     let id = reg.id() as i32;
     let code = in_child(|| {
         let none = aem_conformance::proc_aem("self").is_empty();
@@ -245,13 +238,7 @@ fn deliv_6_fork_child_inherits_no_registrations() {
 fn deliv_6_exit_releases_registrations_and_their_files() {
     let (r, w) = pipe();
     let code = in_child(|| {
-        let reg = aem::register(
-            Source::Fd {
-                fd: r.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options::default(),
-        );
+        let reg = watch_in(&r, Options::default());
         // The registration holds the file; closing the fd does not end it.
         // SAFETY: closes the child's copy only.
         unsafe { libc::close(r.as_raw_fd()) };
@@ -275,13 +262,7 @@ fn deliv_6_exec_drops_every_registration() {
     // SAFETY: the child only makes system calls, then execs or exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let reg = aem::register(
-            Source::Fd {
-                fd: r.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options::default(),
-        );
+        let reg = watch_in(&r, Options::default());
         std::mem::forget(reg);
         // SAFETY: plain descriptor and exec calls in the forked child.
         unsafe {

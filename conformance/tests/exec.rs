@@ -3,21 +3,14 @@
 //!
 //! The tests share the process's AEM context: run with --test-threads=1.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use aem::{FdEvents, Options, Source};
-use aem_conformance::{eventfd, write_fd};
+use aem::Options;
+use aem_conformance::{eventfd, eventfd_add, watch_in};
 
 fn register_eventfd(fd: &std::os::fd::OwnedFd) -> aem::Registration {
-    aem::register(
-        Source::Fd {
-            fd: fd.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-    )
-    .unwrap()
+    watch_in(&fd, Options::default()).unwrap()
 }
 
 #[test]
@@ -33,7 +26,7 @@ fn exec_4_wait_takes_a_batch_of_at_most_max() {
     let fds: Vec<_> = (0..5).map(|_| eventfd()).collect();
     let regs: Vec<_> = fds.iter().map(register_eventfd).collect();
     for fd in &fds {
-        write_fd(fd, &1u64.to_ne_bytes());
+        eventfd_add(fd, 1);
     }
     let first = aem::wait(3, Some(Duration::from_secs(1))).unwrap();
     let rest = aem::wait(8, Some(Duration::from_secs(1))).unwrap();
@@ -66,7 +59,7 @@ fn exec_4_context_fd_works_with_epoll() {
 
     let efd = eventfd();
     let reg = register_eventfd(&efd);
-    write_fd(&efd, &1u64.to_ne_bytes());
+    eventfd_add(&efd, 1);
     // SAFETY: as above.
     let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 1000) };
     assert_eq!(n, 1);
@@ -85,7 +78,7 @@ fn exec_4_context_fd_works_with_select() {
     let ctx = aem::context_fd().unwrap();
     let efd = eventfd();
     let reg = register_eventfd(&efd);
-    write_fd(&efd, &1u64.to_ne_bytes());
+    eventfd_add(&efd, 1);
     // SAFETY: fd_set manipulation on a zeroed set with an fd below
     // FD_SETSIZE.
     unsafe {

@@ -1,19 +1,15 @@
 //! OBS-1: /proc/<pid>/aem lists every registration with its counters.
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
-use aem::{Clock, Expiry, FdEvents, Options, Source};
-use aem_conformance::{eventfd, proc_aem, proc_row, write_fd};
+use aem::{Clock, Expiry, Options, Source};
+use aem_conformance::{eventfd, eventfd_add, proc_aem, proc_row, watch_in};
 
 #[test]
 fn obs_1_proc_lists_registrations_with_counters() {
     let efd = eventfd();
-    let fd_reg = aem::register(
-        Source::Fd {
-            fd: efd.as_fd(),
-            events: FdEvents::IN,
-        },
+    let fd_reg = watch_in(
+        &efd,
         Options {
             priority: 42,
             level: true,
@@ -59,7 +55,7 @@ fn obs_1_proc_lists_registrations_with_counters() {
         ("timer", "oneshot,disabled", "disabled")
     );
 
-    write_fd(&efd, &1u64.to_ne_bytes());
+    eventfd_add(&efd, 1);
     let row = proc_row(fd_reg.id()).unwrap();
     assert_eq!((row.activations, row.pending), (1, 1));
     let recs = aem::wait(4, Some(Duration::from_secs(1))).unwrap();
@@ -78,14 +74,7 @@ fn obs_1_proc_lists_registrations_with_counters() {
 #[test]
 fn obs_1_other_process_reads_our_registrations() {
     let efd = eventfd();
-    let reg = aem::register(
-        Source::Fd {
-            fd: efd.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-    )
-    .unwrap();
+    let reg = watch_in(&efd, Options::default()).unwrap();
     let out = std::process::Command::new("cat")
         .arg(format!("/proc/{}/aem", std::process::id()))
         .output()

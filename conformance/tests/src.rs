@@ -3,12 +3,11 @@
 //! The tests share the process's AEM context: run with --test-threads=1
 //! (as `make test` does).
 
-use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use aem::{Clock, EventData, Expiry, FdEvents, Options, Source};
-use aem_conformance::{eventfd, pipe, proc_row, write_fd};
+use aem_conformance::{eventfd, eventfd_add, pipe, proc_row, watch_in, write_fd};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -23,11 +22,8 @@ fn timer(expiry: Expiry, interval: Option<Duration>) -> Source<'static> {
 #[test]
 fn src_1_pipe_readable_delivers_fd_and_mask() {
     let (r, w) = pipe();
-    let reg = aem::register(
-        Source::Fd {
-            fd: r.as_fd(),
-            events: FdEvents::IN,
-        },
+    let reg = watch_in(
+        &r,
         Options {
             cookie: 0xfeed,
             ..Default::default()
@@ -55,15 +51,8 @@ fn src_1_pipe_readable_delivers_fd_and_mask() {
 #[test]
 fn src_1_already_ready_fd_fires_at_registration() {
     let efd = eventfd();
-    write_fd(&efd, &1u64.to_ne_bytes());
-    let reg = aem::register(
-        Source::Fd {
-            fd: efd.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-    )
-    .unwrap();
+    eventfd_add(&efd, 1);
+    let reg = watch_in(&efd, Options::default()).unwrap();
     let recs = aem::wait(8, Some(SEC)).unwrap();
     assert_eq!(recs.iter().map(|r| r.id).collect::<Vec<_>>(), [reg.id()]);
 }
@@ -71,14 +60,7 @@ fn src_1_already_ready_fd_fires_at_registration() {
 #[test]
 fn src_1_hangup_is_reported_without_asking() {
     let (r, w) = pipe();
-    let reg = aem::register(
-        Source::Fd {
-            fd: r.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-    )
-    .unwrap();
+    let reg = watch_in(&r, Options::default()).unwrap();
     drop(w);
     let recs = aem::wait(8, Some(SEC)).unwrap();
     assert_eq!(recs.len(), 1);
@@ -92,14 +74,7 @@ fn src_1_hangup_is_reported_without_asking() {
 #[test]
 fn src_1_edge_triggered_coalesces_and_level_repeats() {
     let (r, w) = pipe();
-    let edge = aem::register(
-        Source::Fd {
-            fd: r.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-    )
-    .unwrap();
+    let edge = watch_in(&r, Options::default()).unwrap();
     write_fd(&w, b"a");
     write_fd(&w, b"b");
     let recs = aem::wait(8, Some(SEC)).unwrap();
@@ -111,11 +86,8 @@ fn src_1_edge_triggered_coalesces_and_level_repeats() {
         .is_empty());
     drop(edge);
 
-    let level = aem::register(
-        Source::Fd {
-            fd: r.as_fd(),
-            events: FdEvents::IN,
-        },
+    let level = watch_in(
+        &r,
         Options {
             level: true,
             ..Default::default()
@@ -141,26 +113,14 @@ fn src_1_rejects_bad_fd_and_unpollable_file() {
     assert_eq!(bad.unwrap_err(), aem::Error::Os(aem::Errno(libc::EBADF)));
 
     let file = std::fs::File::create("/tmp/src_1_regular").unwrap();
-    let regular = aem::register(
-        Source::Fd {
-            fd: file.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-    );
+    let regular = watch_in(&file, Options::default());
     assert_eq!(
         regular.unwrap_err(),
         aem::Error::Os(aem::Errno(libc::EPERM))
     );
 
     let ctx = aem::context_fd().unwrap();
-    let own_context = aem::register(
-        Source::Fd {
-            fd: ctx.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-    );
+    let own_context = watch_in(&ctx, Options::default());
     assert_eq!(own_context.unwrap_err(), aem::Error::Os(aem::Errno::EINVAL));
 }
 
