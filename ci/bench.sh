@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# `make bench`: run the benchmarks in one guest boot and print the table.
+# `make bench`: run bench/ (aem-bench) in the guest, in the two lenses of
+# docs/benchmarks.md, and print the tables.
+#
+#   wall-clock  TCG, -smp 2: real parallelism, noisy.
+#   icount      -icount shift=0,sleep=off -smp 1: guest time advances one
+#               ns per instruction, so figures repeat exactly; path length.
 #
 # Every figure is a ratio against a peer mechanism measured in the same
-# boot (TCG time is not hardware time).  Each PERF-n benchmark is a program
-# under bench/ that prints table rows; none exists yet, so the table is
-# empty.  Results with date and kernel version go to docs/benchmarks.md.
+# boot: TCG time is not hardware time.
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 cd "$TOP"
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+cargo build -q --release --target x86_64-unknown-linux-gnu -p aem-bench
+bin=target/x86_64-unknown-linux-gnu/release/aem-bench
 
-benches=()
-for b in bench/*/Cargo.toml; do
-	[ -f "$b" ] && benches+=("$(basename "$(dirname "$b")")")
-done
-
-printf '%-8s %-44s %12s %12s %8s\n' id benchmark value peer ratio
-if [ ${#benches[@]} -eq 0 ]; then
-	echo "(no benchmarks yet: PERF-1..PERF-6 arrive with the features they measure)"
-	exit 0
-fi
+echo "kernel $(qemu/guest.sh uname -r), $(date -u +%Y-%m-%d)"
+echo
+echo "== wall-clock lens (TCG, -smp 2)"
+AEM_ACCEL=tcg qemu/guest.sh --file "$bin" aem-bench
+echo
+echo "== icount lens (-icount shift=0,sleep=off, -smp 1)"
+AEM_ACCEL=tcg AEM_SMP=1 AEM_QEMU_ARGS="-icount shift=0,sleep=off" \
+	qemu/guest.sh --file "$bin" aem-bench
