@@ -1,4 +1,5 @@
-//! Builds the API-1 C and C++ programs against the patched UAPI headers
+//! Builds the EXEC-1 register-check assembly (linked into the tests), and
+//! the API-1 C and C++ programs against the patched UAPI headers
 //! (`build/uapi/include` from `make kernel`, or `AEM_UAPI_INCLUDE`).
 //!
 //! The static executables land in OUT_DIR and are embedded in the test
@@ -20,6 +21,11 @@ fn main() {
         include.join("linux/aem.h").display()
     );
     println!("cargo:rerun-if-env-changed=AEM_UAPI_INCLUDE");
+
+    // EXEC-1's register check: assembly linked into the test binaries.
+    let regs = manifest.join("c/exec1_regs.S");
+    println!("cargo:rerun-if-changed={}", regs.display());
+    cc::Build::new().file(&regs).compile("aem_exec1_regs");
 
     for (name, cpp) in [("api1_c", false), ("api1_cxx", true)] {
         let exe = out.join(name);

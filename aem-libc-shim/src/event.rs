@@ -124,8 +124,8 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Register an event for polled delivery.
-pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Error> {
+/// The registration attributes for `source` and `options` (no handler).
+pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_attr {
     let mut attr = uapi::aem_event_attr {
         priority: u32::from(options.priority),
         cookie: options.cookie,
@@ -167,6 +167,12 @@ pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Er
             };
         }
     }
+    attr
+}
+
+/// Register an event for polled delivery.
+pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Error> {
+    let attr = attr_for(source, options);
     // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
     let id = unsafe { aem_syscalls::aem_register(&attr, size_of::<uapi::aem_event_attr>(), 0) }?;
     Ok(Registration { id })

@@ -21,11 +21,14 @@ impl FeatureSet {
     pub const REGISTER: FeatureSet = FeatureSet(uapi::AEM_FEATURE_REGISTER as u64);
     /// `aem_wait()` and the context fd.
     pub const WAIT: FeatureSet = FeatureSet(uapi::AEM_FEATURE_WAIT as u64);
+    /// Inline handlers, `aem_return()`, blocking and keep-alive.
+    pub const INLINE: FeatureSet = FeatureSet(uapi::AEM_FEATURE_INLINE as u64);
 
-    const NAMED: [(FeatureSet, &'static str); 3] = [
+    const NAMED: [(FeatureSet, &'static str); 4] = [
         (FeatureSet::QUERY, "QUERY"),
         (FeatureSet::REGISTER, "REGISTER"),
         (FeatureSet::WAIT, "WAIT"),
+        (FeatureSet::INLINE, "INLINE"),
     ];
 
     /// The raw bits, as the kernel reported them (unknown bits included).

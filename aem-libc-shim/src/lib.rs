@@ -21,10 +21,12 @@
 //! - [`features`]: what the running kernel implements ([`Features`]).
 //! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
 //!   taken as records (polled delivery), with RAII registrations.
+//! - [`register_inline`]: closures the kernel runs in the main flow, like
+//!   signal handlers ([`Action`], [`block`], [`keep_alive`]).
 //! - [`Error`]: every way an AEM call can fail.
 //!
 //! As the kernel side grows, so does this crate, one module per concern:
-//! closures run inline as handlers, critical sections
+//! critical sections
 //! that defer delivery through the per-thread word (`critical`), and
 //! helpers that are safe to call from handlers and the main flow alike:
 //! output, allocation and locks (`io`, `alloc`, `sync`).
@@ -35,6 +37,7 @@
 mod error;
 mod event;
 mod features;
+mod inline;
 
 pub use error::{Errno, Error};
 pub use event::{
@@ -42,3 +45,4 @@ pub use event::{
     Source,
 };
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
+pub use inline::{block, keep_alive, register_inline, unblock, Action, InlineRegistration};

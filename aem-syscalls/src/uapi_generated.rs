@@ -7,24 +7,33 @@ pub const AEM_ABI_VERSION: u32 = 1;
 pub const AEM_FEATURE_QUERY: u32 = 1;
 pub const AEM_FEATURE_REGISTER: u32 = 2;
 pub const AEM_FEATURE_WAIT: u32 = 4;
+pub const AEM_FEATURE_INLINE: u32 = 8;
 pub const AEM_FEATURES_SIZE_VER0: u32 = 24;
 pub const AEM_EV_ONESHOT: u32 = 1;
 pub const AEM_EV_LEVEL: u32 = 2;
 pub const AEM_EV_DISPATCH: u32 = 4;
 pub const AEM_EV_DISABLED: u32 = 8;
+pub const AEM_EV_ONSTACK: u32 = 16;
 pub const AEM_PRIO_MAX: u32 = 99;
 pub const AEM_TIMER_ABSTIME: u32 = 1;
-pub const AEM_EVENT_ATTR_SIZE_VER0: u32 = 80;
+pub const AEM_EVENT_ATTR_SIZE_VER0: u32 = 88;
 pub const AEM_CTL_ENABLE: u32 = 1;
 pub const AEM_CTL_DISABLE: u32 = 2;
 pub const AEM_CTL_SET_PRIORITY: u32 = 3;
 pub const AEM_CTL_UNREGISTER: u32 = 4;
 pub const AEM_CTL_CONTEXT_FD: u32 = 5;
+pub const AEM_CTL_BLOCK: u32 = 6;
+pub const AEM_CTL_UNBLOCK: u32 = 7;
+pub const AEM_HANDLER_REARM: u32 = 0;
+pub const AEM_HANDLER_DISARM: u32 = 1;
+pub const AEM_HANDLER_UNREGISTER: u32 = 2;
+pub const AEM_WAIT_KEEPALIVE: u32 = 1;
 pub const AEM_WAIT_MAX_RECORDS: u32 = 1024;
 pub const __NR_aem_query: u32 = 1000;
 pub const __NR_aem_register: u32 = 1001;
 pub const __NR_aem_ctl: u32 = 1002;
 pub const __NR_aem_wait: u32 = 1003;
+pub const __NR_aem_return: u32 = 1004;
 pub type __s32 = ::core::ffi::c_int;
 pub type __u32 = ::core::ffi::c_uint;
 pub type __u64 = ::core::ffi::c_ulonglong;
@@ -99,7 +108,7 @@ const _: () = {
     ["Offset of field: aem_timer_source::interval_ns"]
         [::core::mem::offset_of!(aem_timer_source, interval_ns) - 16usize];
 };
-#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the __inline__ handler; 0 registers a polled\n             event, delivered as a record by aem_wait().\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @raw:       the union's size; unused bytes must be 0."]
+#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the __inline__ handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @raw:       the union's size; unused bytes must be 0."]
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct aem_event_attr {
@@ -108,6 +117,7 @@ pub struct aem_event_attr {
     pub priority: __u32,
     pub reserved0: __u32,
     pub handler: __u64,
+    pub restorer: __u64,
     pub cookie: __u64,
     pub __bindgen_anon_1: aem_event_attr__bindgen_ty_1,
 }
@@ -142,7 +152,7 @@ impl Default for aem_event_attr__bindgen_ty_1 {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of aem_event_attr"][::core::mem::size_of::<aem_event_attr>() - 80usize];
+    ["Size of aem_event_attr"][::core::mem::size_of::<aem_event_attr>() - 88usize];
     ["Alignment of aem_event_attr"][::core::mem::align_of::<aem_event_attr>() - 8usize];
     ["Offset of field: aem_event_attr::source"]
         [::core::mem::offset_of!(aem_event_attr, source) - 0usize];
@@ -154,8 +164,10 @@ const _: () = {
         [::core::mem::offset_of!(aem_event_attr, reserved0) - 12usize];
     ["Offset of field: aem_event_attr::handler"]
         [::core::mem::offset_of!(aem_event_attr, handler) - 16usize];
+    ["Offset of field: aem_event_attr::restorer"]
+        [::core::mem::offset_of!(aem_event_attr, restorer) - 24usize];
     ["Offset of field: aem_event_attr::cookie"]
-        [::core::mem::offset_of!(aem_event_attr, cookie) - 24usize];
+        [::core::mem::offset_of!(aem_event_attr, cookie) - 32usize];
 };
 impl Default for aem_event_attr {
     fn default() -> Self {

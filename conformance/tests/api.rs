@@ -212,6 +212,7 @@ fn api_2_register_returns_distinct_ids_and_query_lists_sources() {
     let info = aem::features().unwrap();
     assert!(info.features.contains(aem::FeatureSet::REGISTER));
     assert!(info.features.contains(aem::FeatureSet::WAIT));
+    assert!(info.features.contains(aem::FeatureSet::INLINE));
     assert!(info.sources.contains(aem::SourceKind::Fd));
     assert!(info.sources.contains(aem::SourceKind::Timer));
     let a = register_raw(&timer_attr()).unwrap();
@@ -270,7 +271,7 @@ fn api_3_register_rejects_bad_arguments() {
         );
     }
     type Breaker = fn(&mut uapi::aem_event_attr);
-    let cases: [(&str, Breaker); 9] = [
+    let cases: [(&str, Breaker); 12] = [
         ("unknown source", |a| a.source = 77),
         ("source 0", |a| a.source = 0),
         ("unimplemented source", |a| {
@@ -279,7 +280,15 @@ fn api_3_register_rejects_bad_arguments() {
         ("unknown flag", |a| a.flags = 1 << 20),
         ("reserved0", |a| a.reserved0 = 1),
         ("priority", |a| a.priority = uapi::AEM_PRIO_MAX + 1),
-        ("inline handler (not yet)", |a| a.handler = 0x1000),
+        ("handler without restorer", |a| a.handler = 0x1000),
+        ("restorer without handler", |a| a.restorer = 0x1000),
+        ("kernel handler address", |a| {
+            a.handler = 0xffff_8880_0000_0000;
+            a.restorer = 0x1000
+        }),
+        ("onstack without handler", |a| {
+            a.flags = uapi::AEM_EV_ONSTACK
+        }),
         ("bad clock", |a| {
             a.__bindgen_anon_1.timer.clockid = libc::CLOCK_PROCESS_CPUTIME_ID as u32
         }),

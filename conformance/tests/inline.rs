@@ -1,0 +1,273 @@
+//! Inline handlers: EXEC-1, EXEC-5, DELIV-3, DELIV-4, DELIV-5, DELIV-7.
+//!
+//! Handlers run on the test's thread, between any two of its
+//! instructions, so they only touch atomics.  The tests share the
+//! process's AEM context: run with --test-threads=1.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use aem::{Action, Clock, EventData, Expiry, FdEvents, Options, Source};
+use aem_conformance::{eventfd, eventfd_add, pipe, proc_row, write_fd};
+use std::os::fd::{AsFd, AsRawFd};
+
+fn gettid() -> i64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) }
+}
+
+fn readable(fd: &std::os::fd::OwnedFd) -> Source<'_> {
+    Source::Fd {
+        fd: fd.as_fd(),
+        events: FdEvents::IN,
+    }
+}
+
+fn after(d: Duration, interval: Option<Duration>) -> Source<'static> {
+    Source::Timer {
+        clock: Clock::Monotonic,
+        expiry: Expiry::After(d),
+        interval,
+    }
+}
+
+#[test]
+fn exec_1_handler_runs_on_registering_thread_with_record() {
+    static TID: AtomicI64 = AtomicI64::new(0);
+    static FD: AtomicI64 = AtomicI64::new(-1);
+    static READY: AtomicU64 = AtomicU64::new(0);
+    let efd = eventfd();
+    let raw_fd = efd.as_raw_fd();
+    let reg = aem::register_inline(readable(&efd), Options::default(), |rec| {
+        TID.store(gettid(), SeqCst);
+        if let EventData::Fd { fd, ready } = rec.data {
+            FD.store(i64::from(fd), SeqCst);
+            READY.store(u64::from(ready.0), SeqCst);
+        }
+        Action::Rearm
+    })
+    .unwrap();
+    assert_eq!(TID.load(SeqCst), 0);
+    // The activation happens inside write(); the handler runs on the way
+    // back to user mode, before write() returns to us.
+    eventfd_add(&efd, 1);
+    assert_eq!(
+        TID.load(SeqCst),
+        gettid(),
+        "handler did not run inline on this thread"
+    );
+    assert_eq!(FD.load(SeqCst), i64::from(raw_fd));
+    assert_ne!(READY.load(SeqCst) & libc::EPOLLIN as u64, 0);
+    assert_eq!(proc_row(reg.id()).unwrap().deliveries, 1);
+}
+
+unsafe extern "C" {
+    static mut aem_exec1_flag: u64;
+    fn aem_exec1_spin() -> i32;
+    fn aem_exec1_clobber();
+}
+
+#[test]
+fn exec_1_registers_and_avx_state_survive_a_clobbering_handler() {
+    assert!(
+        std::is_x86_feature_detected!("avx2"),
+        "the guest CPU has no AVX2 (boot QEMU with -cpu max)"
+    );
+    // SAFETY: only this test and its handler touch the flag.
+    unsafe { *std::ptr::addr_of_mut!(aem_exec1_flag) = 0 };
+    let _reg = aem::register_inline(
+        after(Duration::from_millis(20), None),
+        Options {
+            oneshot: true,
+            ..Default::default()
+        },
+        |_| {
+            // SAFETY: the clobber follows the C ABI; the flag is a plain
+            // word the spinning code polls.
+            unsafe {
+                aem_exec1_clobber();
+                std::ptr::write_volatile(std::ptr::addr_of_mut!(aem_exec1_flag), 1);
+            }
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    // SAFETY: the spin function follows the C ABI.
+    let bad = unsafe { aem_exec1_spin() };
+    assert_eq!(
+        bad, 0,
+        "register {bad} was not restored (1-15 GPR, 100+ ymm)"
+    );
+}
+
+#[test]
+fn deliv_5_handler_is_not_interrupted_by_another_event() {
+    static IN_A: AtomicBool = AtomicBool::new(false);
+    static B_INSIDE_A: AtomicBool = AtomicBool::new(false);
+    static B_RAN: AtomicBool = AtomicBool::new(false);
+    let a_fd = eventfd();
+    let b_fd = eventfd();
+    let b_raw = b_fd.as_raw_fd();
+    let _b = aem::register_inline(readable(&b_fd), Options::default(), |_| {
+        B_INSIDE_A.store(IN_A.load(SeqCst), SeqCst);
+        B_RAN.store(true, SeqCst);
+        Action::Rearm
+    })
+    .unwrap();
+    let _a = aem::register_inline(readable(&a_fd), Options::default(), move |_| {
+        IN_A.store(true, SeqCst);
+        // Activate B from inside A: a system call whose return would
+        // deliver B, were A interruptible.
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer.
+        unsafe { libc::write(b_raw, one.as_ptr().cast(), 8) };
+        IN_A.store(false, SeqCst);
+        Action::Rearm
+    })
+    .unwrap();
+    eventfd_add(&a_fd, 1);
+    assert!(B_RAN.load(SeqCst), "B never ran");
+    assert!(!B_INSIDE_A.load(SeqCst), "B interrupted A's handler");
+}
+
+#[test]
+fn deliv_3_handler_return_disarms_or_unregisters() {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let efd = eventfd();
+    let disarm = aem::register_inline(readable(&efd), Options::default(), |_| {
+        CALLS.fetch_add(1, SeqCst);
+        Action::Disarm
+    })
+    .unwrap();
+    eventfd_add(&efd, 1);
+    assert_eq!(CALLS.load(SeqCst), 1);
+    assert_eq!(proc_row(disarm.id()).unwrap().state, "disabled");
+    eventfd_add(&efd, 1);
+    eventfd_add(&efd, 1);
+    assert_eq!(CALLS.load(SeqCst), 1, "a disarmed event ran");
+    assert_eq!(proc_row(disarm.id()).unwrap().pending, 2);
+    disarm.enable().unwrap();
+    assert_eq!(
+        CALLS.load(SeqCst),
+        2,
+        "enable runs the pending activations once"
+    );
+    drop(disarm);
+
+    static GONE: AtomicU64 = AtomicU64::new(0);
+    let efd = eventfd();
+    let unreg = aem::register_inline(readable(&efd), Options::default(), |_| {
+        GONE.fetch_add(1, SeqCst);
+        Action::Unregister
+    })
+    .unwrap();
+    eventfd_add(&efd, 1);
+    assert_eq!(GONE.load(SeqCst), 1);
+    assert_eq!(proc_row(unreg.id()), None);
+}
+
+#[test]
+fn deliv_4_blocked_event_runs_once_right_after_unblock() {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let efd = eventfd();
+    let _reg = aem::register_inline(readable(&efd), Options::default(), |rec| {
+        CALLS.fetch_add(1, SeqCst);
+        COUNT.fetch_add(rec.count, SeqCst);
+        Action::Rearm
+    })
+    .unwrap();
+    aem::block().unwrap();
+    aem::block().unwrap();
+    for _ in 0..5 {
+        eventfd_add(&efd, 1);
+    }
+    aem::unblock().unwrap();
+    assert_eq!(CALLS.load(SeqCst), 0, "ran while still blocked once");
+    aem::unblock().unwrap();
+    assert_eq!(CALLS.load(SeqCst), 1);
+    assert_eq!(COUNT.load(SeqCst), 5, "five activations, one delivery");
+    assert_eq!(
+        aem::unblock(),
+        Err(aem::Error::Os(aem::Errno::EINVAL)),
+        "unblock below zero"
+    );
+}
+
+#[test]
+fn deliv_7_blocking_read_restarts_after_a_handler() {
+    static RAN: AtomicBool = AtomicBool::new(false);
+    let (r, w) = pipe();
+    let _reg = aem::register_inline(
+        after(Duration::from_millis(30), None),
+        Options {
+            oneshot: true,
+            ..Default::default()
+        },
+        |_| {
+            RAN.store(true, SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        write_fd(&w, b"late");
+    });
+    let start = Instant::now();
+    let mut buf = [0u8; 8];
+    // SAFETY: reads into a live buffer of its length.
+    let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    writer.join().unwrap();
+    assert!(
+        RAN.load(SeqCst),
+        "the timer's handler did not run during read()"
+    );
+    assert_eq!(
+        n,
+        4,
+        "read() was not restarted: {}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(&buf[..4], b"late");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}
+
+extern "C" fn on_usr1(_: libc::c_int) {}
+
+#[test]
+fn exec_5_keepalive_runs_handlers_until_a_signal() {
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+    let _reg = aem::register_inline(
+        after(Duration::from_millis(10), Some(Duration::from_millis(10))),
+        Options::default(),
+        |rec| {
+            if let EventData::Timer { expirations } = rec.data {
+                TICKS.fetch_add(expirations, SeqCst);
+            }
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    // SAFETY: installs a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as *const () as usize;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as usize;
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: the target thread is waiting for this signal.
+        unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+    });
+    let err = aem::keep_alive();
+    t.join().unwrap();
+    assert_eq!(err, aem::Error::Os(aem::Errno(libc::EINTR)));
+    assert!(
+        TICKS.load(SeqCst) >= 10,
+        "only {} ticks",
+        TICKS.load(SeqCst)
+    );
+}
