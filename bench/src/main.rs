@@ -4,12 +4,18 @@
 //! of p50 to the peer mechanism measured in the same run.  TCG time is not
 //! hardware time, so only the ratios travel.
 //!
-//! Today: the wake-up latency of a thread blocked in `aem_wait()` on an fd
-//! event (polled AEM), against a thread blocked in `epoll_wait()` on the
-//! same kind of event.  PERF-1 proper (inline handlers, RT signals,
-//! io_uring) grows here with inline delivery.
+//! PERF-1, event-to-handler latency: from just before the write(2) that
+//! makes an fd readable to the first thing the code that handles it does,
+//! for
+//! - an inline AEM handler, on the writing thread and on a busy other one;
+//! - a thread blocked in epoll_wait() (the peer every ratio is against);
+//! - a queued real-time signal (F_SETSIG on a pipe), same thread and busy
+//!   other thread;
+//! - a thread blocked in io_uring_enter() on an IORING_OP_POLL_ADD;
+//! - a thread blocked in aem_wait() (polled AEM).
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -137,19 +143,208 @@ fn aem_waiter(efd: &OwnedFd) -> Waiter {
     })
 }
 
+static STAMP: AtomicU64 = AtomicU64::new(0);
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+fn record_hit() {
+    STAMP.store(now_ns(), SeqCst);
+    HITS.fetch_add(1, SeqCst);
+}
+
+/// Same thread: stamp, make the fd readable, and the handler has run by
+/// the time write(2) returns.
+fn measure_same_thread(poke_fd: &OwnedFd, drain_fd: &OwnedFd) -> Vec<u64> {
+    let mut lat = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let hits = HITS.load(SeqCst);
+        let t0 = now_ns();
+        poke(poke_fd);
+        assert_eq!(
+            HITS.load(SeqCst),
+            hits + 1,
+            "the handler did not run inline"
+        );
+        lat.push(STAMP.load(SeqCst) - t0);
+        drain(drain_fd);
+    }
+    lat.sort_unstable();
+    lat
+}
+
+/// Another thread, busy computing, runs the handler: `arm` sets up its
+/// handling on that thread and returns the fd to poke and the fd to drain.
+fn measure_busy_thread(arm: fn() -> (OwnedFd, OwnedFd, Box<dyn std::any::Any>)) -> Vec<u64> {
+    let (tx, rx) = mpsc::channel();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let busy = std::thread::spawn(move || {
+        let (poke_fd, drain_fd, keep) = arm();
+        tx.send((poke_fd, drain_fd.try_clone().expect("dup")))
+            .expect("send");
+        let mut x = 0u64;
+        while !stop2.load(Relaxed) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        drop(keep);
+    });
+    let (poke_fd, drain_fd) = rx.recv().expect("armed");
+    let mut lat = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        std::thread::sleep(Duration::from_micros(200));
+        let hits = HITS.load(SeqCst);
+        let t0 = now_ns();
+        poke(&poke_fd);
+        while HITS.load(SeqCst) == hits {
+            std::thread::yield_now();
+        }
+        lat.push(STAMP.load(SeqCst) - t0);
+        drain(&drain_fd);
+    }
+    stop.store(true, Relaxed);
+    busy.join().expect("busy thread");
+    lat.sort_unstable();
+    lat
+}
+
+fn inline_handler_on(efd: &OwnedFd) -> aem::InlineRegistration {
+    aem::register_inline(
+        aem::Source::Fd {
+            fd: efd.as_fd(),
+            events: aem::FdEvents::IN,
+        },
+        aem::Options::default(),
+        |_| {
+            record_hit();
+            aem::Action::Rearm
+        },
+    )
+    .expect("register_inline")
+}
+
+// <fcntl.h> values the libc crate does not export (x86_64 Linux).
+const F_SETSIG: libc::c_int = 10;
+const F_SETOWN_EX: libc::c_int = 15;
+const F_OWNER_TID: libc::c_int = 0;
+
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+
+extern "C" fn on_rt_signal(_: libc::c_int) {
+    record_hit();
+}
+
+/// A pipe whose read end raises SIGRTMIN at the calling thread when it
+/// becomes readable (F_SETOWN_EX + F_SETSIG + O_ASYNC).  Returns (read, write).
+fn rt_signal_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: plain fd and signal set-up calls on descriptors we own.
+    unsafe {
+        assert_eq!(
+            libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK),
+            0
+        );
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_rt_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        assert_eq!(
+            libc::sigaction(libc::SIGRTMIN(), &sa, std::ptr::null_mut()),
+            0
+        );
+        let owner = FOwnerEx {
+            kind: F_OWNER_TID,
+            pid: libc::syscall(libc::SYS_gettid) as libc::pid_t,
+        };
+        assert_eq!(libc::fcntl(fds[0], F_SETOWN_EX, &owner), 0);
+        assert_eq!(libc::fcntl(fds[0], F_SETSIG, libc::SIGRTMIN()), 0);
+        let fl = libc::fcntl(fds[0], libc::F_GETFL);
+        assert_eq!(libc::fcntl(fds[0], libc::F_SETFL, fl | libc::O_ASYNC), 0);
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+fn io_uring_waiter(efd: &OwnedFd) -> Waiter {
+    let mut ring = io_uring::IoUring::new(8).expect("io_uring_setup");
+    let fd = efd.as_raw_fd();
+    Box::new(move || {
+        let poll = io_uring::opcode::PollAdd::new(io_uring::types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(1);
+        // SAFETY: the entry refers to an fd that outlives the ring's use.
+        unsafe { ring.submission().push(&poll) }.expect("sq full");
+        ring.submit_and_wait(1).expect("io_uring_enter");
+        ring.completion().next().expect("cqe");
+    })
+}
+
 fn main() {
+    // Under a loaded host a TCG guest can fail to calibrate its TSC and
+    // fall back to jiffies: 1 ms steps make every figure meaningless.
+    let cs =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap_or_default();
+    if !cs.starts_with("tsc") {
+        eprintln!("aem-bench: the guest clocksource is {cs:?}, not the TSC; no figures (is the host busy?)");
+        std::process::exit(2);
+    }
     let epoll = measure(epoll_waiter);
-    let aem = measure(aem_waiter);
     let peer = pct(&epoll, 50);
+    let efd = eventfd();
+    let reg = inline_handler_on(&efd);
+    let inline_same = measure_same_thread(&efd, &efd);
+    drop(reg);
+    let inline_busy = measure_busy_thread(|| {
+        let efd = eventfd();
+        let reg = inline_handler_on(&efd);
+        let poke = efd.try_clone().expect("dup");
+        (poke, efd, Box::new(reg))
+    });
+    let (r, w) = rt_signal_pipe();
+    let signal_same = measure_same_thread(&w, &r);
+    drop((r, w));
+    let signal_busy = measure_busy_thread(|| {
+        let (r, w) = rt_signal_pipe();
+        (w, r, Box::new(()))
+    });
+    let uring = measure(io_uring_waiter);
+    let polled = measure(aem_waiter);
+
     println!(
         "{:<8} {:<44} {:>9} {:>9} {:>6}",
-        "id", "benchmark (guest-clock ns)", "p50", "p99", "ratio"
+        "id", "event -> handler (guest-clock ns)", "p50", "p99", "ratio"
     );
-    row("peer", "eventfd -> epoll_wait thread wakes", &epoll, peer);
+    row("peer", "epoll_wait thread wakes", &epoll, peer);
     row(
-        "PERF-1*",
-        "eventfd -> aem_wait thread wakes (polled)",
-        &aem,
+        "PERF-1",
+        "AEM inline handler, same thread",
+        &inline_same,
         peer,
     );
+    row(
+        "PERF-1",
+        "AEM inline handler, busy other thread",
+        &inline_busy,
+        peer,
+    );
+    row(
+        "PERF-1",
+        "RT signal (F_SETSIG), same thread",
+        &signal_same,
+        peer,
+    );
+    row(
+        "PERF-1",
+        "RT signal (F_SETSIG), busy other thread",
+        &signal_busy,
+        peer,
+    );
+    row(
+        "PERF-1",
+        "io_uring poll, waiting thread wakes",
+        &uring,
+        peer,
+    );
+    row("PERF-1", "AEM polled, aem_wait thread wakes", &polled, peer);
 }
