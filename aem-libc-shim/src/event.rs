@@ -110,6 +110,9 @@ pub struct Options {
     pub dispatch: bool,
     /// Register disabled.
     pub disabled: bool,
+    /// Inline handlers only: run on the thread's alternate signal stack
+    /// (`sigaltstack(2)`) when it has one.
+    pub onstack: bool,
     /// Returned with every record.
     pub cookie: u64,
 }
@@ -136,6 +139,7 @@ pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_
         (options.level, uapi::AEM_EV_LEVEL),
         (options.dispatch, uapi::AEM_EV_DISPATCH),
         (options.disabled, uapi::AEM_EV_DISABLED),
+        (options.onstack, uapi::AEM_EV_ONSTACK),
     ];
     attr.flags = flags
         .iter()

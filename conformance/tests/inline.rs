@@ -271,3 +271,55 @@ fn exec_5_keepalive_runs_handlers_until_a_signal() {
         TICKS.load(SeqCst)
     );
 }
+
+#[test]
+fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
+    static SP: AtomicU64 = AtomicU64::new(0);
+    let mut alt = vec![0u8; 64 * 1024];
+    let ss = libc::stack_t {
+        ss_sp: alt.as_mut_ptr().cast(),
+        ss_flags: 0,
+        ss_size: alt.len(),
+    };
+    // SAFETY: `alt` outlives the alternate stack's use (disabled below).
+    assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
+    let efd = eventfd();
+    let reg = aem::register_inline(
+        readable(&efd),
+        Options {
+            onstack: true,
+            ..Default::default()
+        },
+        |_| {
+            let local = 0u8;
+            SP.store(std::hint::black_box(&local) as *const u8 as u64, SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    eventfd_add(&efd, 1);
+    drop(reg);
+    let off = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: disables the alternate stack.
+    assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
+    let sp = SP.load(SeqCst);
+    let range = alt.as_ptr() as u64..alt.as_ptr() as u64 + alt.len() as u64;
+    assert!(
+        range.contains(&sp),
+        "handler stack {sp:#x} not in {range:x?}"
+    );
+
+    // Without a handler there is no stack to choose: refused.
+    let polled = aem::register(
+        readable(&efd),
+        Options {
+            onstack: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(polled.unwrap_err(), aem::Error::Os(aem::Errno::EINVAL));
+}
