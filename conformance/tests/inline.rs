@@ -323,3 +323,44 @@ fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
     );
     assert_eq!(polled.unwrap_err(), aem::Error::Os(aem::Errno::EINVAL));
 }
+
+#[test]
+fn deliv_1_inline_events_run_by_priority_then_activation_order() {
+    static ORDER: AtomicU64 = AtomicU64::new(0);
+    // Each handler appends its tag (one hex digit) to ORDER.
+    fn tagger(tag: u64) -> impl FnMut(&aem::Record) -> Action + Send + 'static {
+        move |_| {
+            let old = ORDER.load(SeqCst);
+            ORDER.store(old << 4 | tag, SeqCst);
+            Action::Rearm
+        }
+    }
+    let fds: Vec<_> = (0..4).map(|_| eventfd()).collect();
+    let prio = |priority| Options {
+        priority,
+        ..Default::default()
+    };
+    let _low = aem::register_inline(readable(&fds[0]), prio(1), tagger(1)).unwrap();
+    let _high = aem::register_inline(readable(&fds[1]), prio(90), tagger(2)).unwrap();
+    let _mid_a = aem::register_inline(readable(&fds[2]), prio(50), tagger(3)).unwrap();
+    let _mid_b = aem::register_inline(readable(&fds[3]), prio(50), tagger(4)).unwrap();
+    aem::block().unwrap();
+    for i in [0, 3, 2, 1] {
+        eventfd_add(&fds[i], 1);
+    }
+    assert_eq!(ORDER.load(SeqCst), 0, "ran while blocked");
+    aem::unblock().unwrap();
+    assert_eq!(ORDER.load(SeqCst), 0x2431, "high, mid_b, mid_a, low");
+}
+
+#[test]
+fn api_3_aem_return_outside_a_handler_is_einval() {
+    // SAFETY: aem_return takes no pointer; outside a handler it must fail
+    // without touching the caller's registers.
+    let r = unsafe { libc::syscall(aem_syscalls::uapi::__NR_aem_return as libc::c_long, 0) };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EINVAL)
+    );
+}
