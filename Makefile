@@ -12,6 +12,8 @@
 #   make guest CMD='..'  run CMD in a fresh guest; its output, and its exit
 #                        status (exactly, from qemu/guest.sh)
 #   make test            everything, ending in "N passed, N failed"
+#   make test-debug      the conformance suite on the debug kernel (KASAN,
+#                        lockdep, kmemleak scan after each test binary)
 #   make bench           the benchmark table
 #   make bindings        regenerate aem-syscalls' UAPI bindings
 
@@ -27,7 +29,7 @@ GUEST_CARGO := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-featur
 GUEST_BINS := target/$(TARGET)/release/aem-demo
 
 .PHONY: deps kernel kernel-tree export-patches kernel-reset rootfs run guest \
-	test bench bindings guest-bins
+	test test-debug bench bindings guest-bins
 
 deps:
 	@ci/deps.sh
@@ -64,6 +66,10 @@ guest:
 
 test:
 	@ci/test.sh
+
+test-debug: deps rootfs
+	@KCONFIG=debug ci/kernel.sh build
+	@KCONFIG=debug ci/conformance.sh
 
 bench: kernel rootfs
 	@ci/bench.sh

@@ -65,8 +65,5 @@ phase fmt check rust_fmt cargo fmt --all --check
 phase clippy check rust_clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 phase host-tests cargo test --workspace --exclude aem-conformance
 phase guest-checks ci/dist-checks.sh
-phase conformance env \
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$TOP/qemu/cargo-runner.sh" \
-	cargo test -p aem-conformance --target x86_64-unknown-linux-gnu -- --test-threads=1
+phase conformance ci/conformance.sh
 summary
