@@ -167,8 +167,10 @@ pub fn unblock() -> Result<(), Error> {
     Ok(())
 }
 
-/// Wait for events, running their handlers, until a signal handler runs.
-pub fn keep_alive() -> Error {
+/// Keep the process alive for its events: sleep, running inline handlers
+/// as their events fire, until a signal handler runs.  Returns the error
+/// that ended the wait, `Error::Os(EINTR)` after a signal.
+pub fn run() -> Error {
     // SAFETY: no pointers are passed.
     match unsafe {
         aem_syscalls::aem_wait(

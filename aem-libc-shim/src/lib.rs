@@ -22,7 +22,7 @@
 //! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
 //!   taken as records (polled delivery), with RAII registrations.
 //! - [`register_inline`]: closures the kernel runs in the main flow, like
-//!   signal handlers ([`Action`], [`block`], [`keep_alive`]).
+//!   signal handlers ([`Action`], [`block`], [`run`]).
 //! - [`Error`]: every way an AEM call can fail.
 //!
 //! As the kernel side grows, so does this crate, one module per concern:
@@ -45,4 +45,4 @@ pub use event::{
     Source,
 };
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
-pub use inline::{block, keep_alive, register_inline, unblock, Action, InlineRegistration};
+pub use inline::{block, register_inline, run, unblock, Action, InlineRegistration};

@@ -262,7 +262,7 @@ fn exec_5_keepalive_runs_handlers_until_a_signal() {
         // SAFETY: the target thread is waiting for this signal.
         unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
     });
-    let err = aem::keep_alive();
+    let err = aem::run();
     t.join().unwrap();
     assert_eq!(err, aem::Error::Os(aem::Errno(libc::EINTR)));
     assert!(
@@ -362,5 +362,41 @@ fn api_3_aem_return_outside_a_handler_is_einval() {
     assert_eq!(
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::EINVAL)
+    );
+}
+
+#[test]
+fn deliv_2_ten_thousand_timer_activations_while_blocked_all_accounted() {
+    static EXPIRATIONS: AtomicU64 = AtomicU64::new(0);
+    static ACTIVATIONS: AtomicU64 = AtomicU64::new(0);
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let interval = Duration::from_micros(100);
+    aem::block().unwrap();
+    let reg = aem::register_inline(after(interval, Some(interval)), Options::default(), |rec| {
+        CALLS.fetch_add(1, SeqCst);
+        ACTIVATIONS.fetch_add(rec.count, SeqCst);
+        if let EventData::Timer { expirations } = rec.data {
+            EXPIRATIONS.fetch_add(expirations, SeqCst);
+        }
+        Action::Disarm
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(CALLS.load(SeqCst), 0, "a handler ran while blocked");
+    aem::unblock().unwrap();
+    // One delivery carries everything counted while blocked; the handler
+    // disarmed the event, so the books can be closed.
+    assert_eq!(CALLS.load(SeqCst), 1);
+    let row = proc_row(reg.id()).unwrap();
+    assert_eq!(row.deliveries, 1);
+    assert_eq!(
+        ACTIVATIONS.load(SeqCst) + row.pending,
+        row.activations,
+        "{row:?}"
+    );
+    assert!(
+        EXPIRATIONS.load(SeqCst) >= 10_000,
+        "{} expirations in 1 s of 100 us periods",
+        EXPIRATIONS.load(SeqCst)
     );
 }
