@@ -32,6 +32,18 @@ auto) if aem_kvm_probe; then accel=(-accel kvm -cpu host); else accel=(-accel tc
 *) echo "qemu: AEM_ACCEL must be tcg, kvm or auto" >&2; exit 2 ;;
 esac
 
+# Under TCG (without -icount) the guest's TSC counts at the host's TSC
+# rate, but the guest measures that rate against the emulated PIT, and on
+# a busy host the measurement fails: the TSC is declared unusable, time
+# falls back to jiffies and high-resolution timers to 1 ms steps.  Tell
+# the guest the rate when the host's TSC is constant and its rate known.
+tsc_khz_arg=""
+if [ "${accel[1]}" = tcg ] && [[ "${AEM_QEMU_ARGS:-}" != *-icount* ]] &&
+   grep -qw constant_tsc /proc/cpuinfo; then
+	tsc_khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
+	[ -n "$tsc_khz" ] && [ "$tsc_khz" -gt 0 ] && tsc_khz_arg="tsc_early_khz=$tsc_khz"
+fi
+
 if [ "${KCONFIG:-default}" = debug ]; then
 	mem=${AEM_MEM:-2048}
 else
@@ -49,6 +61,6 @@ QEMU_BASE_ARGS=("${accel[@]}" -smp "${AEM_SMP:-2}" -m "$mem" -nodefaults
 # then advances in lost-tick steps and high-resolution timers degrade to
 # 1 ms.  QEMU's TSC follows the host clock, so it is the reliable one.
 # shellcheck disable=SC2034
-KERNEL_CMDLINE="console=ttyS0 loglevel=5 panic=-1 oops=panic tsc=reliable ${AEM_CMDLINE:-}"
+KERNEL_CMDLINE="console=ttyS0 loglevel=5 panic=-1 oops=panic tsc=reliable $tsc_khz_arg ${AEM_CMDLINE:-}"
 # shellcheck disable=SC2034
 KERNEL_PROBLEM_RE='(WARNING:|BUG:|Oops|Kernel panic|UBSAN:|general protection fault|kmemleak: [0-9]+ new suspected|unreferenced object 0x)'
