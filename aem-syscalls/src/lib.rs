@@ -29,6 +29,10 @@ pub mod nr {
     pub const AEM_CTL: libc::c_long = crate::uapi::__NR_aem_ctl as libc::c_long;
     /// `aem_wait(2)`: take pending polled events as records.
     pub const AEM_WAIT: libc::c_long = crate::uapi::__NR_aem_wait as libc::c_long;
+    /// `aem_return(2)`: the end of an inline handler.  Only the restorer
+    /// calls it (`aem-libc-shim` has one in assembly): it never returns to
+    /// its caller, so it has no Rust wrapper.
+    pub const AEM_RETURN: libc::c_long = crate::uapi::__NR_aem_return as libc::c_long;
 
     // Upstream numbers grow from 463; ours must never meet them.
     const _: () = assert!(AEM_QUERY >= 1000);

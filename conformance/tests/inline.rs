@@ -357,7 +357,7 @@ fn deliv_1_inline_events_run_by_priority_then_activation_order() {
 fn api_3_aem_return_outside_a_handler_is_einval() {
     // SAFETY: aem_return takes no pointer; outside a handler it must fail
     // without touching the caller's registers.
-    let r = unsafe { libc::syscall(aem_syscalls::uapi::__NR_aem_return as libc::c_long, 0) };
+    let r = unsafe { libc::syscall(aem_syscalls::nr::AEM_RETURN, 0) };
     assert_eq!(r, -1);
     assert_eq!(
         std::io::Error::last_os_error().raw_os_error(),
