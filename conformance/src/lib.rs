@@ -62,16 +62,6 @@ impl Mapping {
         self.addr.cast()
     }
 
-    /// The length of the mapping in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the mapping is empty (never, for a successful `new`).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Remove access to page `index` (so it faults).
     pub fn protect_page(&self, index: usize, prot: libc::c_int) {
         let ps = page_size();
