@@ -12,7 +12,18 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use aem_syscalls::uapi;
 
-use crate::{Error, SourceKind};
+use crate::socket::{AcceptFlags, StateChange};
+use crate::{Errno, Error, SourceKind};
+
+/// A record's "value or -errno" word.
+pub(crate) fn errno_or(word: u64) -> Result<u64, Errno> {
+    let v = word as i64;
+    if v < 0 {
+        Err(Errno(-v as i32))
+    } else {
+        Ok(v as u64)
+    }
+}
 
 /// Readiness events of an fd source (`EPOLLIN`, `EPOLLOUT`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -86,6 +97,24 @@ pub enum Source<'fd> {
         /// The events to watch; ERR and HUP are always reported.
         events: FdEvents,
     },
+    /// Connections accepted by the kernel on a listening socket, one per
+    /// record ([`EventData::Accept`]); level-triggered by nature.  For a
+    /// handler that receives each connection as an `OwnedFd`, see
+    /// [`crate::on_accept`].
+    Accept {
+        /// The listening socket.
+        fd: BorrowedFd<'fd>,
+        /// Flags for each new connection's descriptor.
+        flags: AcceptFlags,
+    },
+    /// A TCP socket's state changes, in order
+    /// ([`EventData::SocketState`]).  The kernel holds the socket, not the
+    /// descriptor: closing it still closes the connection, and the closing
+    /// states are delivered too.
+    SocketState {
+        /// The TCP socket.
+        fd: BorrowedFd<'fd>,
+    },
     /// A high-resolution timer.
     Timer {
         /// Its clock.
@@ -127,8 +156,8 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The registration attributes for `source` and `options` (no handler).
-pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_attr {
+/// The registration attributes for `options`, without a source.
+pub(crate) fn attr_base(options: Options) -> uapi::aem_event_attr {
     let mut attr = uapi::aem_event_attr {
         priority: u32::from(options.priority),
         cookie: options.cookie,
@@ -145,12 +174,32 @@ pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_
         .iter()
         .filter(|(on, _)| *on)
         .fold(0, |f, (_, bit)| f | bit);
+    attr
+}
+
+/// The registration attributes for `source` and `options` (no handler).
+pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_attr {
+    let mut attr = attr_base(options);
     match source {
         Source::Fd { fd, events } => {
             attr.source = SourceKind::Fd.raw();
             attr.__bindgen_anon_1.fd = uapi::aem_fd_source {
                 fd: fd.as_raw_fd(),
                 events: events.0,
+            };
+        }
+        Source::Accept { fd, flags } => {
+            attr.source = SourceKind::Accept.raw();
+            attr.__bindgen_anon_1.accept = uapi::aem_accept_source {
+                fd: fd.as_raw_fd(),
+                flags: flags.raw(),
+            };
+        }
+        Source::SocketState { fd } => {
+            attr.source = SourceKind::SocketState.raw();
+            attr.__bindgen_anon_1.socket = uapi::aem_socket_source {
+                fd: fd.as_raw_fd(),
+                flags: 0,
             };
         }
         Source::Timer {
@@ -238,6 +287,23 @@ pub enum EventData {
         /// Number of expirations.
         expirations: u64,
     },
+    /// An accepted connection, or why accepting failed (`EMFILE`: the
+    /// connection waits in the backlog and the event is disabled until
+    /// enabled again).  The receiver owns the new descriptor.
+    Accept {
+        /// The listening socket.
+        listener: RawFd,
+        /// The new connection's descriptor, or the error.
+        conn: Result<RawFd, Errno>,
+    },
+    /// An asynchronous read into the registration's buffer: the bytes
+    /// read, 0 at end of file, or the error.
+    Read {
+        /// Bytes read, or the error.
+        result: Result<usize, Errno>,
+    },
+    /// One TCP state change.
+    SocketState(StateChange),
     /// A source this crate does not know yet.
     Other {
         /// The record's source number.
@@ -270,6 +336,16 @@ impl From<&uapi::aem_record> for Record {
             s if s == SourceKind::Timer.raw() => EventData::Timer {
                 expirations: r.data[0],
             },
+            s if s == SourceKind::Accept.raw() => EventData::Accept {
+                listener: r.data[1] as RawFd,
+                conn: errno_or(r.data[0]).map(|fd| fd as RawFd),
+            },
+            s if s == SourceKind::Read.raw() => EventData::Read {
+                result: errno_or(r.data[0]).map(|n| n as usize),
+            },
+            s if s == SourceKind::SocketState.raw() => {
+                EventData::SocketState(StateChange::from_record(r.data, r.count))
+            }
             source => EventData::Other {
                 source,
                 data: r.data,

@@ -105,9 +105,19 @@ pub fn register_inline<F>(
 where
     F: FnMut(&Record) -> Action + Send + 'static,
 {
+    register_inline_attr(attr_for(source, options), handler)
+}
+
+/// [`register_inline`] for ready-made attributes.
+pub(crate) fn register_inline_attr<F>(
+    mut attr: uapi::aem_event_attr,
+    handler: F,
+) -> Result<InlineRegistration, Error>
+where
+    F: FnMut(&Record) -> Action + Send + 'static,
+{
     let boxed: Box<Handler> = Box::new(Box::new(handler));
     let handler = Box::into_raw(boxed);
-    let mut attr = attr_for(source, options);
     attr.handler = aem_shim_entry as *const () as u64;
     attr.restorer = aem_shim_restorer as *const () as u64;
     attr.cookie = handler as u64;

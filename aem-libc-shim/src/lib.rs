@@ -23,6 +23,9 @@
 //!   taken as records (polled delivery), with RAII registrations.
 //! - [`register_inline`]: closures the kernel runs in the main flow, like
 //!   signal handlers ([`Action`], [`block`], [`run`]).
+//! - [`on_accept`], [`on_read`], [`on_socket_state`]: the socket sources,
+//!   typed: the kernel accepts, reads, or reports TCP state changes, and
+//!   the closure gets an `OwnedFd`, the bytes, or a [`StateChange`].
 //! - [`Error`]: every way an AEM call can fail.
 //!
 //! As the kernel side grows, so does this crate, one module per concern:
@@ -38,6 +41,7 @@ mod error;
 mod event;
 mod features;
 mod inline;
+mod socket;
 
 pub use error::{Errno, Error};
 pub use event::{
@@ -46,3 +50,6 @@ pub use event::{
 };
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
 pub use inline::{block, register_inline, run, unblock, Action, InlineRegistration};
+pub use socket::{
+    on_accept, on_read, on_socket_state, AcceptFlags, ReadEvent, StateChange, TcpState,
+};

@@ -16,6 +16,9 @@ pub const AEM_EV_DISABLED: u32 = 8;
 pub const AEM_EV_ONSTACK: u32 = 16;
 pub const AEM_PRIO_MAX: u32 = 99;
 pub const AEM_TIMER_ABSTIME: u32 = 1;
+pub const AEM_ACCEPT_NONBLOCK: u32 = 1;
+pub const AEM_ACCEPT_CLOEXEC: u32 = 2;
+pub const AEM_READ_MAX_LEN: u32 = 1073741824;
 pub const AEM_EVENT_ATTR_SIZE_VER0: u32 = 88;
 pub const AEM_CTL_ENABLE: u32 = 1;
 pub const AEM_CTL_DISABLE: u32 = 2;
@@ -28,6 +31,7 @@ pub const AEM_HANDLER_REARM: u32 = 0;
 pub const AEM_HANDLER_DISARM: u32 = 1;
 pub const AEM_HANDLER_UNREGISTER: u32 = 2;
 pub const AEM_WAIT_KEEPALIVE: u32 = 1;
+pub const AEM_SOCKET_QUEUE: u32 = 16;
 pub const AEM_WAIT_MAX_RECORDS: u32 = 1024;
 pub const __NR_aem_query: u32 = 1000;
 pub const __NR_aem_register: u32 = 1001;
@@ -108,7 +112,57 @@ const _: () = {
     ["Offset of field: aem_timer_source::interval_ns"]
         [::core::mem::offset_of!(aem_timer_source, interval_ns) - 16usize];
 };
-#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the __inline__ handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @raw:       the union's size; unused bytes must be 0."]
+#[doc = " struct aem_accept_source - AEM_SOURCE_ACCEPT arguments\n @fd:    a listening socket; the registration holds a reference to it.\n @flags: AEM_ACCEPT_* flags for each connection's new file descriptor.\n\n The kernel accepts each connection and hands the handler its new fd.\n The event is level-triggered by nature: while connections wait, it fires\n again after each delivery, one connection per record."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_accept_source {
+    pub fd: __s32,
+    pub flags: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_accept_source"][::core::mem::size_of::<aem_accept_source>() - 8usize];
+    ["Alignment of aem_accept_source"][::core::mem::align_of::<aem_accept_source>() - 4usize];
+    ["Offset of field: aem_accept_source::fd"]
+        [::core::mem::offset_of!(aem_accept_source, fd) - 0usize];
+    ["Offset of field: aem_accept_source::flags"]
+        [::core::mem::offset_of!(aem_accept_source, flags) - 4usize];
+};
+#[doc = " struct aem_read_source - AEM_SOURCE_READ arguments\n @fd:  a pollable file that supports non-blocking reads (a socket, a\n       pipe, ...); the registration holds a reference to it.\n @len: size of @buf, 1 .. AEM_READ_MAX_LEN.\n @buf: user address of the buffer the kernel reads into.\n\n When @fd is readable the kernel reads up to @len bytes into @buf and\n delivers the count.  Level-triggered by nature: while bytes remain, the\n event fires again after each delivery, so the buffer must be consumed\n before the handler returns (or before the next aem_wait())."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_read_source {
+    pub fd: __s32,
+    pub len: __u32,
+    pub buf: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_read_source"][::core::mem::size_of::<aem_read_source>() - 16usize];
+    ["Alignment of aem_read_source"][::core::mem::align_of::<aem_read_source>() - 8usize];
+    ["Offset of field: aem_read_source::fd"][::core::mem::offset_of!(aem_read_source, fd) - 0usize];
+    ["Offset of field: aem_read_source::len"]
+        [::core::mem::offset_of!(aem_read_source, len) - 4usize];
+    ["Offset of field: aem_read_source::buf"]
+        [::core::mem::offset_of!(aem_read_source, buf) - 8usize];
+};
+#[doc = " struct aem_socket_source - AEM_SOURCE_SOCKET_STATE arguments\n @fd:    a TCP socket.  The registration holds the socket, not the file:\n         closing the descriptor closes the connection, and its last state\n         changes (FIN_WAIT1 ... CLOSE) are still delivered.\n @flags: must be 0."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_socket_source {
+    pub fd: __s32,
+    pub flags: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_socket_source"][::core::mem::size_of::<aem_socket_source>() - 8usize];
+    ["Alignment of aem_socket_source"][::core::mem::align_of::<aem_socket_source>() - 4usize];
+    ["Offset of field: aem_socket_source::fd"]
+        [::core::mem::offset_of!(aem_socket_source, fd) - 0usize];
+    ["Offset of field: aem_socket_source::flags"]
+        [::core::mem::offset_of!(aem_socket_source, flags) - 4usize];
+};
+#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the __inline__ handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @raw:       the union's size; unused bytes must be 0."]
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct aem_event_attr {
@@ -126,6 +180,9 @@ pub struct aem_event_attr {
 pub union aem_event_attr__bindgen_ty_1 {
     pub fd: aem_fd_source,
     pub timer: aem_timer_source,
+    pub accept: aem_accept_source,
+    pub read: aem_read_source,
+    pub socket: aem_socket_source,
     pub raw: [__u64; 6usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -138,6 +195,12 @@ const _: () = {
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, fd) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::timer"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, timer) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::accept"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, accept) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::read"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, read) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::socket"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, socket) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::raw"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, raw) - 0usize];
 };
@@ -178,7 +241,7 @@ impl Default for aem_event_attr {
         }
     }
 }
-#[doc = " struct aem_record - one delivery of a polled event, from aem_wait()\n @id:     the registration's id.\n @source: its AEM_SOURCE_* kind.\n @cookie: aem_event_attr.cookie.\n @count:  activations coalesced into this delivery (at least 1).\n @data:   source data.  AEM_SOURCE_FD: data[0] the fd, data[1] the ready\n          mask.  AEM_SOURCE_TIMER: data[0] the expirations (overruns\n          included), data[1] 0."]
+#[doc = " struct aem_record - one delivery of a polled event, from aem_wait()\n @id:     the registration's id.\n @source: its AEM_SOURCE_* kind.\n @cookie: aem_event_attr.cookie.\n @count:  activations coalesced into this delivery (at least 1).\n @data:   source data.\n\n   AEM_SOURCE_FD: data[0] the fd, data[1] the ready mask.\n\n   AEM_SOURCE_TIMER: data[0] the expirations (overruns included), data[1] 0.\n\n   AEM_SOURCE_ACCEPT: data[0] the new connection's fd, or -errno; data[1]\n   the listening fd; count 1.  On EMFILE, ENFILE, ENOBUFS or ENOMEM the\n   connection stays in the backlog and the event is disabled until\n   AEM_CTL_ENABLE, once the process has freed what was missing.\n\n   AEM_SOURCE_READ: data[0] the bytes read into the buffer (> 0), 0 at\n   end of file, or -errno; data[1] the buffer's address; count 1.  After\n   end of file or an error the event is disabled.\n\n   AEM_SOURCE_SOCKET_STATE: one TCP state change, oldest first.  data[0]\n   holds the old and the new state (AEM_SOCKET_OLD_STATE(),\n   AEM_SOCKET_NEW_STATE(), TCP_* numbers), data[1] the socket's pending\n   error at that moment as a positive errno (ECONNRESET after a reset), or\n   0.  count is 1, or, if more than AEM_SOCKET_QUEUE changes piled up\n   undelivered, the number of changes this record sums up (old state of\n   the first, new state of the last)."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct aem_record {

@@ -1,0 +1,303 @@
+//! The socket sources, typed: connections the kernel accepts, bytes it
+//! reads, and TCP state changes, each handed to a closure that runs inline
+//! (see [`crate::register_inline`] for what a handler may do).
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use std::os::fd::AsFd;
+//!
+//! let listener = TcpListener::bind("127.0.0.1:8080").unwrap();
+//! let _accepting = aem::on_accept(
+//!     listener.as_fd(),
+//!     aem::AcceptFlags::default(),
+//!     aem::Options::default(),
+//!     |conn| {
+//!         if let Ok(fd) = conn {
+//!             drop(fd); // serve it, or register an `on_read` for it
+//!         }
+//!         aem::Action::Rearm
+//!     },
+//! )
+//! .unwrap();
+//! ```
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use aem_syscalls::uapi;
+
+use crate::event::{attr_base, attr_for, EventData, Options, Record, Source};
+use crate::inline::{register_inline_attr, Action, InlineRegistration};
+use crate::{Errno, Error, SourceKind};
+
+/// Flags for the descriptors of accepted connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AcceptFlags {
+    /// `O_NONBLOCK` on each new descriptor.
+    pub nonblocking: bool,
+    /// `FD_CLOEXEC` on each new descriptor.
+    pub cloexec: bool,
+}
+
+impl AcceptFlags {
+    pub(crate) fn raw(self) -> u32 {
+        (if self.nonblocking {
+            uapi::AEM_ACCEPT_NONBLOCK
+        } else {
+            0
+        }) | (if self.cloexec {
+            uapi::AEM_ACCEPT_CLOEXEC
+        } else {
+            0
+        })
+    }
+}
+
+/// A TCP state (`TCP_*` of `<netinet/tcp.h>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    /// `TCP_ESTABLISHED`
+    Established,
+    /// `TCP_SYN_SENT`
+    SynSent,
+    /// `TCP_SYN_RECV`
+    SynRecv,
+    /// `TCP_FIN_WAIT1`
+    FinWait1,
+    /// `TCP_FIN_WAIT2`
+    FinWait2,
+    /// `TCP_TIME_WAIT`
+    TimeWait,
+    /// `TCP_CLOSE`
+    Close,
+    /// `TCP_CLOSE_WAIT`: the peer closed its side (FIN received).
+    CloseWait,
+    /// `TCP_LAST_ACK`
+    LastAck,
+    /// `TCP_LISTEN`
+    Listen,
+    /// `TCP_CLOSING`
+    Closing,
+    /// A state this crate does not know.
+    Other(u8),
+}
+
+impl From<u8> for TcpState {
+    fn from(raw: u8) -> TcpState {
+        match raw {
+            1 => TcpState::Established,
+            2 => TcpState::SynSent,
+            3 => TcpState::SynRecv,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::TimeWait,
+            7 => TcpState::Close,
+            8 => TcpState::CloseWait,
+            9 => TcpState::LastAck,
+            10 => TcpState::Listen,
+            11 => TcpState::Closing,
+            other => TcpState::Other(other),
+        }
+    }
+}
+
+/// One TCP state change of a watched socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateChange {
+    /// The state before.
+    pub old: TcpState,
+    /// The state after.
+    pub new: TcpState,
+    /// The socket's pending error at that moment: `ECONNRESET` after the
+    /// peer reset the connection.
+    pub error: Option<Errno>,
+    /// Changes this record sums up: 1, unless more than 16 piled up
+    /// undelivered (then `old` is the first one's, `new` the last one's).
+    pub count: u64,
+}
+
+impl StateChange {
+    pub(crate) fn from_record(data: [u64; 2], count: u64) -> StateChange {
+        StateChange {
+            old: TcpState::from((data[0] & 0xff) as u8),
+            new: TcpState::from(((data[0] >> 8) & 0xff) as u8),
+            error: (data[1] != 0).then_some(Errno(data[1] as i32)),
+            count,
+        }
+    }
+}
+
+/// What an asynchronous read delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadEvent<'a> {
+    /// Bytes the kernel read, in stream order.
+    Data(&'a [u8]),
+    /// End of file: the event is now disabled.
+    Eof,
+    /// The read failed: the event is now disabled.
+    Error(Errno),
+}
+
+/// Run `handler` inline for every connection the kernel accepts on
+/// `listener`; it owns each new connection.  On `EMFILE` and the like the
+/// connection waits in the backlog and the event is disabled until
+/// [`InlineRegistration::enable`].
+pub fn on_accept<F>(
+    listener: BorrowedFd<'_>,
+    flags: AcceptFlags,
+    options: Options,
+    mut handler: F,
+) -> Result<InlineRegistration, Error>
+where
+    F: FnMut(Result<OwnedFd, Errno>) -> Action + Send + 'static,
+{
+    let attr = attr_for(
+        Source::Accept {
+            fd: listener,
+            flags,
+        },
+        options,
+    );
+    register_inline_attr(attr, move |rec: &Record| match rec.data {
+        EventData::Accept { conn, .. } => handler(conn.map(|fd| {
+            // SAFETY: the kernel installed this descriptor for this
+            // delivery alone; nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })),
+        _ => Action::Rearm,
+    })
+}
+
+/// The buffer the kernel reads into: allocated here, handed to the kernel
+/// by address, freed only after the event is unregistered (it lives in the
+/// handler, which `InlineRegistration` drops after unregistering).
+struct ReadBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain memory owned by this value; it is touched
+// only by the kernel at delivery and by the handler right after, on the
+// registering thread.
+unsafe impl Send for ReadBuffer {}
+
+impl ReadBuffer {
+    fn new(len: usize) -> ReadBuffer {
+        let ptr = Box::into_raw(vec![0u8; len].into_boxed_slice()) as *mut u8;
+        ReadBuffer { ptr, len }
+    }
+
+    /// The first `n` bytes, which the kernel just read.
+    ///
+    /// # Safety
+    /// Only while the kernel does not write the buffer: from the handler
+    /// of the delivery that filled it.
+    unsafe fn filled(&self, n: usize) -> &[u8] {
+        // SAFETY: `ptr` points at `len` initialized bytes (zeroed at
+        // allocation, then written by the kernel); the caller guarantees
+        // no concurrent write.
+        unsafe { core::slice::from_raw_parts(self.ptr, n.min(self.len)) }
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` come from the boxed slice made in `new`.
+        drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+    }
+}
+
+/// Have the kernel read `fd` into a buffer of `buffer_len` bytes (1 to
+/// 2^30) whenever it is readable, and run `handler` inline with the bytes.
+/// The stream arrives complete and in order; end of file and errors are
+/// reported once, then the event is disabled.
+pub fn on_read<F>(
+    fd: BorrowedFd<'_>,
+    buffer_len: usize,
+    options: Options,
+    mut handler: F,
+) -> Result<InlineRegistration, Error>
+where
+    F: FnMut(ReadEvent<'_>) -> Action + Send + 'static,
+{
+    let len = u32::try_from(buffer_len)
+        .ok()
+        .filter(|&l| l != 0 && l <= uapi::AEM_READ_MAX_LEN)
+        .ok_or(Error::Os(Errno(libc::EINVAL)))?;
+    let buffer = ReadBuffer::new(buffer_len);
+    let mut attr = attr_base(options);
+    attr.source = SourceKind::Read.raw();
+    attr.__bindgen_anon_1.read = uapi::aem_read_source {
+        fd: fd.as_raw_fd(),
+        len,
+        buf: buffer.ptr as u64,
+    };
+    register_inline_attr(attr, move |rec: &Record| {
+        let event = match rec.data {
+            EventData::Read { result: Ok(0) } => ReadEvent::Eof,
+            EventData::Read { result: Ok(n) } => {
+                // SAFETY: the kernel wrote `n` <= `len` bytes into the
+                // buffer before running this handler, and nothing else
+                // touches it until the handler returns.
+                ReadEvent::Data(unsafe { buffer.filled(n) })
+            }
+            EventData::Read { result: Err(e) } => ReadEvent::Error(e),
+            _ => return Action::Rearm,
+        };
+        handler(event)
+    })
+}
+
+/// Run `handler` inline for each TCP state change of the socket `fd`, in
+/// order, closing states included.
+pub fn on_socket_state<F>(
+    fd: BorrowedFd<'_>,
+    options: Options,
+    mut handler: F,
+) -> Result<InlineRegistration, Error>
+where
+    F: FnMut(StateChange) -> Action + Send + 'static,
+{
+    let attr = attr_for(Source::SocketState { fd }, options);
+    register_inline_attr(attr, move |rec: &Record| match rec.data {
+        EventData::SocketState(change) => handler(change),
+        _ => Action::Rearm,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::errno_or;
+
+    #[test]
+    fn state_changes_decode() {
+        let c = StateChange::from_record([1 | (8 << 8), 0], 1);
+        assert_eq!(
+            (c.old, c.new, c.error),
+            (TcpState::Established, TcpState::CloseWait, None)
+        );
+        let c = StateChange::from_record([1 | (7 << 8), libc::ECONNRESET as u64], 3);
+        assert_eq!(c.error, Some(Errno(libc::ECONNRESET)));
+        assert_eq!(c.count, 3);
+        assert_eq!(TcpState::from(42), TcpState::Other(42));
+    }
+
+    #[test]
+    fn errno_words_decode() {
+        assert_eq!(errno_or(5), Ok(5));
+        assert_eq!(errno_or(-24i64 as u64), Err(Errno(24)));
+    }
+
+    #[test]
+    fn accept_flags_map_to_the_abi() {
+        let f = AcceptFlags {
+            nonblocking: true,
+            cloexec: true,
+        };
+        assert_eq!(
+            f.raw(),
+            uapi::AEM_ACCEPT_NONBLOCK | uapi::AEM_ACCEPT_CLOEXEC
+        );
+        assert_eq!(AcceptFlags::default().raw(), 0);
+    }
+}

@@ -1,0 +1,276 @@
+//! `http-epoll`: a single-threaded HTTP/1.1 server on epoll alone, the
+//! baseline for the AEM server.
+//!
+//! One level-triggered epoll set holds the listener, a signalfd for
+//! SIGTERM/SIGINT and every connection. A connection is watched for input
+//! while it has no output pending and for output while it has, which also
+//! stops a client that does not read its responses from making the server
+//! buffer ever more of them.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+use aem_http::{Conn, Epoll};
+
+const USAGE: &str = "usage: http-epoll [--addr HOST:PORT] [--max-conns N]";
+
+/// Descriptors kept for the listener, epoll, signalfd, stdio and the like
+/// on top of one per connection.
+const SPARE_FDS: u64 = 64;
+
+struct Args {
+    addr: String,
+    max_conns: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        addr: "127.0.0.1:8080".into(),
+        max_conns: 30_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--addr" => args.addr = value()?,
+            "--max-conns" => {
+                let v = value()?;
+                args.max_conns = v.parse().map_err(|_| format!("bad --max-conns {v}"))?;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            _ => return Err(format!("unknown argument {arg}")),
+        }
+    }
+    Ok(args)
+}
+
+/// One client connection.
+struct Client {
+    stream: TcpStream,
+    http: Conn,
+    /// Responses not yet written; `out[sent..]` is what is left.
+    out: Vec<u8>,
+    sent: usize,
+    /// Watched for EPOLLOUT rather than EPOLLIN.
+    writing: bool,
+    /// The client shut down its side; close once the output is sent.
+    eof: bool,
+}
+
+impl Client {
+    /// Handles readiness: reads what arrived, writes what is queued. Returns
+    /// whether to keep the connection; the caller closes it otherwise.
+    fn service(&mut self, ep: &Epoll, scratch: &mut [u8]) -> io::Result<bool> {
+        if !self.writing {
+            loop {
+                match self.stream.read(scratch) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        // A malformed request gets its error response queued
+                        // and `wants_close` set, which ends the connection
+                        // below; there is nothing else to do about it.
+                        let _ = self.http.on_bytes(&scratch[..n], &mut self.out);
+                        // Level-triggered: a short read means the socket is
+                        // drained, so skip the read that would say EAGAIN.
+                        if n < scratch.len() || !self.out.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        loop {
+            while self.sent < self.out.len() {
+                match self.stream.write(&self.out[self.sent..]) {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.watch(ep, true)?;
+                        return Ok(true);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.out.clear();
+            self.sent = 0;
+            if self.http.wants_close() || self.eof {
+                return Ok(false);
+            }
+            // Everything is sent: answer requests `Conn` held back while
+            // the output was large.
+            let _ = self.http.on_bytes(&[], &mut self.out);
+            if self.out.is_empty() {
+                break;
+            }
+        }
+        self.watch(ep, false)?;
+        Ok(true)
+    }
+
+    fn watch(&mut self, ep: &Epoll, writing: bool) -> io::Result<()> {
+        if self.writing != writing {
+            let events = if writing {
+                libc::EPOLLOUT
+            } else {
+                libc::EPOLLIN
+            };
+            let fd = self.stream.as_raw_fd();
+            ep.modify(fd, events as u32, fd as u64)?;
+            self.writing = writing;
+        }
+        Ok(())
+    }
+}
+
+/// Blocks SIGTERM and SIGINT and returns a signalfd that reports them, so
+/// that the event loop sees a shutdown request as one more event.
+fn shutdown_signals() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid. The
+    // process is single-threaded, so sigprocmask covers every thread.
+    let fd = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Accepts every pending connection, dropping those beyond `max_conns`.
+fn accept_all(
+    listener: &TcpListener,
+    ep: &Epoll,
+    clients: &mut Vec<Option<Client>>,
+    open: &mut usize,
+    max_conns: usize,
+) -> io::Result<()> {
+    loop {
+        // accept4 rather than TcpListener::accept: the new socket comes out
+        // non-blocking, without a second syscall.
+        // SAFETY: null address pointers are allowed; the result is checked.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(()),
+                Some(libc::EINTR | libc::ECONNABORTED) => continue,
+                _ => return Err(e),
+            }
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        if *open >= max_conns {
+            // Shed the connection rather than leave it in the backlog, which
+            // would keep the listener readable and the loop spinning.
+            continue;
+        }
+        ep.add(fd, libc::EPOLLIN as u32, fd as u64)?;
+        let slot = fd as usize;
+        if clients.len() <= slot {
+            clients.resize_with(slot + 1, || None);
+        }
+        clients[slot] = Some(Client {
+            stream,
+            http: Conn::new("http-epoll"),
+            out: Vec::new(),
+            sent: 0,
+            writing: false,
+            eof: false,
+        });
+        *open += 1;
+    }
+}
+
+fn run(args: Args) -> io::Result<()> {
+    let want = args.max_conns as u64 + SPARE_FDS;
+    let mut max_conns = args.max_conns;
+    if let Err(e) = aem_http::raise_nofile(want) {
+        let limit = aem_http::nofile_limit()?;
+        max_conns = max_conns.min(limit.saturating_sub(SPARE_FDS) as usize);
+        eprintln!("http-epoll: cannot raise RLIMIT_NOFILE to {want} ({e}); serving at most {max_conns} connections");
+    }
+    let backlog = i32::try_from(args.max_conns).unwrap_or(i32::MAX);
+    let listener = aem_http::listen(&args.addr, backlog)?;
+    listener.set_nonblocking(true)?;
+    let signals = shutdown_signals()?;
+
+    let ep = Epoll::new()?;
+    let lfd: RawFd = listener.as_raw_fd();
+    let sfd: RawFd = signals.as_raw_fd();
+    ep.add(lfd, libc::EPOLLIN as u32, lfd as u64)?;
+    ep.add(sfd, libc::EPOLLIN as u32, sfd as u64)?;
+
+    let mut out = io::stdout().lock();
+    writeln!(out, "http-epoll: listening on {}", listener.local_addr()?)?;
+    out.flush()?;
+    drop(out);
+
+    // Connections are indexed by descriptor number, which the kernel keeps
+    // small and unique among open descriptors.
+    let mut clients: Vec<Option<Client>> = Vec::new();
+    let mut open = 0;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut scratch = vec![0u8; 64 * 1024];
+    loop {
+        for (_, token) in ep.wait(&mut events, -1)? {
+            let fd = token as RawFd;
+            if fd == lfd {
+                accept_all(&listener, &ep, &mut clients, &mut open, max_conns)?;
+            } else if fd == sfd {
+                return Ok(());
+            } else if let Some(client) = clients.get_mut(fd as usize).and_then(Option::as_mut) {
+                // Errors (mostly resets) end just this connection.
+                if !client.service(&ep, &mut scratch).unwrap_or(false) {
+                    // Dropping the stream closes it, which also removes it
+                    // from the epoll set.
+                    clients[fd as usize] = None;
+                    open -= 1;
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("http-epoll: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("http-epoll: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
