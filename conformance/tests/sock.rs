@@ -1,0 +1,645 @@
+//! SRC: the socket sources (MISSION.md SRC-2 asynchronous accept, SRC-3
+//! asynchronous read, SRC-4 socket close and TCP state changes), polled
+//! and inline, with their bad inputs.
+//!
+//! The tests share the process's AEM context: run with --test-threads=1
+//! (as `make test` does).
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::mem::size_of;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aem::{
+    AcceptFlags, Action, Errno, Error, EventData, Options, ReadEvent, Record, Source, TcpState,
+};
+use aem_conformance::{pipe, proc_row, write_fd};
+use aem_syscalls::uapi;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+/// Wait, letting inline handlers run, until `done` or `limit` passes.
+fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// Records taken with aem_wait() until `n` arrived or a second passed.
+fn wait_records(n: usize) -> Vec<Record> {
+    let mut recs = Vec::new();
+    let end = Instant::now() + 2 * SEC;
+    while recs.len() < n && Instant::now() < end {
+        recs.extend(aem::wait(64, Some(Duration::from_millis(100))).unwrap());
+    }
+    recs
+}
+
+fn set_nofile(soft: u64, hard: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+fn nofile() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is writable.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+fn peer_addr(fd: RawFd) -> SocketAddr {
+    // SAFETY: `fd` is borrowed for the call; ManuallyDrop keeps it open.
+    let s = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+    s.peer_addr().expect("getpeername")
+}
+
+fn fd_flags(fd: RawFd) -> (i32, i32) {
+    // SAFETY: F_GETFL / F_GETFD on a descriptor we own.
+    unsafe {
+        (
+            libc::fcntl(fd, libc::F_GETFL),
+            libc::fcntl(fd, libc::F_GETFD),
+        )
+    }
+}
+
+fn register_raw(attr: &uapi::aem_event_attr) -> Result<u32, aem_syscalls::Error> {
+    // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
+    unsafe { aem_syscalls::aem_register(attr, size_of::<uapi::aem_event_attr>(), 0) }
+}
+
+fn unregister(id: u32) {
+    aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).unwrap();
+}
+
+fn read_attr(fd: RawFd, buf: *mut u8, len: u32) -> uapi::aem_event_attr {
+    let mut attr = uapi::aem_event_attr {
+        source: uapi::aem_source_kind::AEM_SOURCE_READ,
+        ..Default::default()
+    };
+    attr.__bindgen_anon_1.read = uapi::aem_read_source {
+        fd,
+        len,
+        buf: buf as u64,
+    };
+    attr
+}
+
+fn errno_of(r: Result<u32, aem_syscalls::Error>) -> i32 {
+    match r {
+        Err(aem_syscalls::Error::Os(e)) => e.0,
+        other => panic!("expected an errno, got {other:?}"),
+    }
+}
+
+// SRC-2: asynchronous accept
+
+#[test]
+fn src_2_accept_passes_new_fd_and_listening_fd() {
+    let (l, addr) = listener();
+    let reg = aem::register(
+        Source::Accept {
+            fd: l.as_fd(),
+            flags: AcceptFlags {
+                nonblocking: true,
+                cloexec: true,
+            },
+        },
+        Options::default(),
+    )
+    .unwrap();
+    assert!(aem::wait(8, Some(Duration::ZERO)).unwrap().is_empty());
+    let client = TcpStream::connect(addr).unwrap();
+    let recs = wait_records(1);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!((recs[0].id, recs[0].count), (reg.id(), 1));
+    let EventData::Accept { listener, conn } = recs[0].data else {
+        panic!("{recs:?}")
+    };
+    assert_eq!(listener, l.as_raw_fd());
+    let fd = conn.expect("accepted");
+    // SAFETY: the record hands us the new descriptor.
+    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    assert_eq!(peer_addr(fd), client.local_addr().unwrap());
+    let (fl, fdfl) = fd_flags(fd);
+    assert_ne!(fl & libc::O_NONBLOCK, 0, "O_NONBLOCK asked for");
+    assert_ne!(fdfl & libc::FD_CLOEXEC, 0, "FD_CLOEXEC asked for");
+    drop(conn);
+    // Without the flags, neither is set.
+    drop(reg);
+    let reg = aem::register(
+        Source::Accept {
+            fd: l.as_fd(),
+            flags: AcceptFlags::default(),
+        },
+        Options::default(),
+    )
+    .unwrap();
+    let _client2 = TcpStream::connect(addr).unwrap();
+    let recs = wait_records(1);
+    let EventData::Accept { conn: Ok(fd), .. } = recs[0].data else {
+        panic!("{recs:?}")
+    };
+    // SAFETY: as above.
+    let _conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (fl, fdfl) = fd_flags(fd);
+    assert_eq!((fl & libc::O_NONBLOCK, fdfl & libc::FD_CLOEXEC), (0, 0));
+    drop(reg);
+}
+
+#[test]
+fn src_2_connection_storm_of_1000_accepted_inline_none_lost() {
+    const N: usize = 1000;
+    let (soft, hard) = nofile();
+    set_nofile(8192.max(soft), 8192.max(hard));
+    let (l, addr) = listener();
+    let accepted = Arc::new(Mutex::new(Vec::<(OwnedFd, SocketAddr)>::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let (acc, errs) = (accepted.clone(), errors.clone());
+    let reg = aem::on_accept(
+        l.as_fd(),
+        AcceptFlags::default(),
+        Options::default(),
+        move |conn| {
+            match conn {
+                Ok(fd) => {
+                    let peer = peer_addr(fd.as_raw_fd());
+                    // The main flow only locks after the client is done.
+                    acc.lock().unwrap().push((fd, peer));
+                }
+                Err(_) => {
+                    errs.fetch_add(1, SeqCst);
+                }
+            }
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    let client = std::thread::spawn(move || {
+        (0..N)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect::<Vec<_>>()
+    });
+    let streams = client.join().unwrap();
+    let all = wait_until(30 * SEC, || {
+        aem::block().unwrap();
+        let n = accepted.lock().unwrap().len();
+        aem::unblock().unwrap();
+        n == N
+    });
+    aem::block().unwrap();
+    let got: HashSet<SocketAddr> = accepted.lock().unwrap().iter().map(|c| c.1).collect();
+    aem::unblock().unwrap();
+    let sent: HashSet<SocketAddr> = streams.iter().map(|s| s.local_addr().unwrap()).collect();
+    assert!(all, "accepted {} of {N}", got.len());
+    assert_eq!(errors.load(SeqCst), 0);
+    assert_eq!(got, sent, "every connection accepted exactly once");
+    let row = proc_row(reg.id()).unwrap();
+    assert_eq!(row.source, "accept");
+    assert_eq!(row.deliveries, N as u64);
+    drop(reg);
+    accepted.lock().unwrap().clear();
+}
+
+#[test]
+fn src_2_emfile_is_reported_and_the_connection_kept() {
+    let (l, addr) = listener();
+    let reg = aem::register(
+        Source::Accept {
+            fd: l.as_fd(),
+            flags: AcceptFlags::default(),
+        },
+        Options::default(),
+    )
+    .unwrap();
+    // The client's socket exists before the limit drops.
+    // SAFETY: plain socket(2).
+    let cfd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(cfd >= 0);
+    // SAFETY: we own the new descriptor.
+    let client = unsafe { TcpStream::from_raw_fd(cfd) };
+    // The lowest free descriptor becomes the limit: no new fd fits.
+    // SAFETY: dup/close of a descriptor we own.
+    let lowest = unsafe { libc::dup(cfd) };
+    // SAFETY: as above.
+    unsafe { libc::close(lowest) };
+    let (soft, hard) = nofile();
+    set_nofile(lowest as u64, hard);
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sa` is a valid sockaddr_in of the size passed.
+    let rc = unsafe {
+        libc::connect(
+            cfd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    let recs = wait_records(1);
+    set_nofile(soft, hard);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert!(
+        matches!(
+            recs[0].data,
+            EventData::Accept {
+                conn: Err(Errno(libc::EMFILE)),
+                ..
+            }
+        ),
+        "{recs:?}"
+    );
+    assert_eq!(proc_row(reg.id()).unwrap().state, "disabled");
+    // Enabled again with descriptors to spare: the same connection.
+    reg.enable().unwrap();
+    let recs = wait_records(1);
+    let EventData::Accept { conn: Ok(fd), .. } = recs[0].data else {
+        panic!("{recs:?}")
+    };
+    // SAFETY: the record hands us the new descriptor.
+    let mut conn = unsafe { TcpStream::from_raw_fd(fd) };
+    assert_eq!(conn.peer_addr().unwrap(), client.local_addr().unwrap());
+    (&client).write_all(b"kept").unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"kept");
+}
+
+#[test]
+fn src_2_bad_inputs_get_clear_errnos() {
+    let accept = |fd: RawFd, flags: u32| {
+        let mut attr = uapi::aem_event_attr {
+            source: uapi::aem_source_kind::AEM_SOURCE_ACCEPT,
+            ..Default::default()
+        };
+        attr.__bindgen_anon_1.accept = uapi::aem_accept_source { fd, flags };
+        register_raw(&attr)
+    };
+    let (l, _) = listener();
+    let (r, _w) = pipe();
+    assert_eq!(errno_of(accept(r.as_raw_fd(), 0)), libc::ENOTSOCK, "a pipe");
+    assert_eq!(errno_of(accept(-1, 0)), libc::EBADF, "no fd");
+    assert_eq!(errno_of(accept(l.as_raw_fd(), 4)), libc::EINVAL, "flags");
+    let unlistening = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    assert_eq!(
+        errno_of(accept(unlistening.as_raw_fd(), 0)),
+        libc::EINVAL,
+        "not listening"
+    );
+    let id = accept(l.as_raw_fd(), uapi::AEM_ACCEPT_CLOEXEC).unwrap();
+    unregister(id);
+}
+
+// SRC-3: asynchronous read
+
+#[test]
+fn src_3_read_delivers_bytes_then_eof_once() {
+    let (r, w) = pipe();
+    let mut buf = vec![0u8; 16];
+    let id = register_raw(&read_attr(r.as_raw_fd(), buf.as_mut_ptr(), 16)).unwrap();
+    write_fd(&w, b"hello");
+    let recs = wait_records(1);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].data, EventData::Read { result: Ok(5) });
+    assert_eq!(&buf[..5], b"hello");
+    // More than the buffer holds arrives in order, over several records.
+    write_fd(&w, b"0123456789abcdefXYZ");
+    // One record per call: each is consumed before the next read.
+    let mut got = Vec::new();
+    while got.len() < 19 {
+        let recs = wait_records(1);
+        let [Record {
+            data: EventData::Read { result: Ok(n) },
+            ..
+        }] = recs[..]
+        else {
+            panic!("{recs:?}")
+        };
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"0123456789abcdefXYZ");
+    drop(w);
+    let recs = wait_records(1);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].data, EventData::Read { result: Ok(0) }, "EOF");
+    assert!(wait_records(1).is_empty(), "EOF is reported once");
+    assert_eq!(proc_row(id).unwrap().state, "disabled");
+    assert_eq!(proc_row(id).unwrap().source, "read");
+    unregister(id);
+}
+
+#[test]
+fn src_3_read_of_10mb_stream_arrives_complete_and_in_order() {
+    const TOTAL: u64 = 10 << 20;
+    let pattern = |i: u64| (i.wrapping_mul(7) ^ (i >> 13)) as u8;
+    let (l, addr) = listener();
+    let writer = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let chunk: Vec<u8> = (0..TOTAL).map(pattern).collect();
+        // Odd-sized writes, so reads straddle them.
+        for part in chunk.chunks(77_777) {
+            s.write_all(part).unwrap();
+        }
+    });
+    let (server, _) = l.accept().unwrap();
+    let total = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let eof = Arc::new(AtomicBool::new(false));
+    let (t, b, e) = (total.clone(), bad.clone(), eof.clone());
+    let reg = aem::on_read(
+        server.as_fd(),
+        64 << 10,
+        Options::default(),
+        move |ev| match ev {
+            ReadEvent::Data(bytes) => {
+                let off = t.load(SeqCst);
+                for (i, &byte) in bytes.iter().enumerate() {
+                    if byte != pattern(off + i as u64) {
+                        b.fetch_add(1, SeqCst);
+                    }
+                }
+                t.fetch_add(bytes.len() as u64, SeqCst);
+                Action::Rearm
+            }
+            ReadEvent::Eof => {
+                e.store(true, SeqCst);
+                Action::Unregister
+            }
+            ReadEvent::Error(_) => {
+                b.fetch_add(1, SeqCst);
+                Action::Unregister
+            }
+        },
+    )
+    .unwrap();
+    writer.join().unwrap();
+    assert!(wait_until(60 * SEC, || eof.load(SeqCst)), "no EOF");
+    assert_eq!(total.load(SeqCst), TOTAL);
+    assert_eq!(bad.load(SeqCst), 0, "bytes out of order or corrupt");
+    drop(reg);
+}
+
+#[test]
+fn src_3_peer_reset_is_reported_as_econnreset() {
+    let (l, addr) = listener();
+    let client = TcpStream::connect(addr).unwrap();
+    let (server, _) = l.accept().unwrap();
+    let mut buf = vec![0u8; 64];
+    let id = register_raw(&read_attr(server.as_raw_fd(), buf.as_mut_ptr(), 64)).unwrap();
+    reset(client);
+    let recs = wait_records(1);
+    assert_eq!(
+        recs.first().map(|r| r.data),
+        Some(EventData::Read {
+            result: Err(Errno(libc::ECONNRESET))
+        }),
+        "{recs:?}"
+    );
+    assert_eq!(proc_row(id).unwrap().state, "disabled");
+    unregister(id);
+}
+
+#[test]
+fn src_3_bad_inputs_get_clear_errnos() {
+    let (r, w) = pipe();
+    let mut buf = vec![0u8; 16];
+    let p = buf.as_mut_ptr();
+    let fd = r.as_raw_fd();
+    assert_eq!(
+        errno_of(register_raw(&read_attr(fd, p, 0))),
+        libc::EINVAL,
+        "len 0"
+    );
+    assert_eq!(
+        errno_of(register_raw(&read_attr(fd, p, (1 << 30) + 1))),
+        libc::EINVAL,
+        "len too big"
+    );
+    let kernel = 0xffff_8000_0000_0000usize as *mut u8;
+    assert_eq!(
+        errno_of(register_raw(&read_attr(fd, kernel, 16))),
+        libc::EFAULT
+    );
+    assert_eq!(errno_of(register_raw(&read_attr(-1, p, 16))), libc::EBADF);
+    assert_eq!(
+        errno_of(register_raw(&read_attr(w.as_raw_fd(), p, 16))),
+        libc::EBADF,
+        "write end"
+    );
+    let file = std::fs::File::create("/tmp/aem-read-regular").unwrap();
+    assert_eq!(
+        errno_of(register_raw(&read_attr(file.as_raw_fd(), p, 16))),
+        libc::EPERM,
+        "a file without poll"
+    );
+    let mut attr = read_attr(fd, p, 16);
+    // SAFETY: writing a plain integer field of the union.
+    unsafe { attr.__bindgen_anon_1.raw[2] = 1 };
+    assert_eq!(
+        errno_of(register_raw(&attr)),
+        libc::EINVAL,
+        "reserved bytes"
+    );
+}
+
+// SRC-4: socket close, hang-up and TCP state changes
+
+fn reset(s: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s); // close with linger 0: RST
+}
+
+fn changes(recs: &[Record]) -> Vec<(TcpState, TcpState, Option<Errno>)> {
+    recs.iter()
+        .map(|r| match r.data {
+            EventData::SocketState(c) => (c.old, c.new, c.error),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+fn tcp_socket() -> TcpStream {
+    // SAFETY: plain socket(2); we own the result.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+fn connect(s: &TcpStream, addr: SocketAddr) {
+    let SocketAddr::V4(v4) = addr else { panic!() };
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sa` is a valid sockaddr_in of the size passed.
+    let rc = unsafe {
+        libc::connect(
+            s.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn src_4_tcp_state_changes_arrive_in_order_through_fin_and_close() {
+    use TcpState::*;
+    let (l, addr) = listener();
+    let client = tcp_socket();
+    let reg = aem::register(
+        Source::SocketState { fd: client.as_fd() },
+        Options::default(),
+    )
+    .unwrap();
+    connect(&client, addr);
+    let (server, _) = l.accept().unwrap();
+    let got = changes(&wait_records(2));
+    assert_eq!(
+        got,
+        [(Close, SynSent, None), (SynSent, Established, None)],
+        "connect"
+    );
+    drop(server); // the peer's FIN
+    let got = changes(&wait_records(1));
+    assert_eq!(got, [(Established, CloseWait, None)], "FIN");
+    // Our close: the registration outlives the descriptor.
+    drop(client);
+    let got = changes(&wait_records(2));
+    assert_eq!(
+        got,
+        [(CloseWait, LastAck, None), (LastAck, Close, None)],
+        "close"
+    );
+    let row = proc_row(reg.id()).unwrap();
+    assert_eq!((row.source.as_str(), row.deliveries), ("socket", 5));
+}
+
+#[test]
+fn src_4_peer_reset_reports_close_with_econnreset_inline() {
+    let (l, addr) = listener();
+    let client = TcpStream::connect(addr).unwrap();
+    let (server, _) = l.accept().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let reg = aem::on_socket_state(client.as_fd(), Options::default(), move |c| {
+        s.lock().unwrap().push((c.old, c.new, c.error, c.count));
+        Action::Rearm
+    })
+    .unwrap();
+    reset(server);
+    let done = wait_until(5 * SEC, || {
+        aem::block().unwrap();
+        let n = seen.lock().unwrap().len();
+        aem::unblock().unwrap();
+        n >= 1
+    });
+    assert!(done, "no state change after a reset");
+    aem::block().unwrap();
+    let got = seen.lock().unwrap().clone();
+    aem::unblock().unwrap();
+    assert_eq!(
+        got,
+        [(
+            TcpState::Established,
+            TcpState::Close,
+            Some(Errno(libc::ECONNRESET)),
+            1
+        )]
+    );
+    drop(reg);
+}
+
+#[test]
+fn src_4_peer_fin_is_also_a_readiness_hang_up() {
+    let (l, addr) = listener();
+    let client = TcpStream::connect(addr).unwrap();
+    let (server, _) = l.accept().unwrap();
+    let reg = aem::register(
+        Source::Fd {
+            fd: client.as_fd(),
+            events: aem::FdEvents::RDHUP,
+        },
+        Options::default(),
+    )
+    .unwrap();
+    drop(server);
+    let recs = wait_records(1);
+    assert!(
+        matches!(recs.first().map(|r| r.data), Some(EventData::Fd { ready, .. }) if ready.contains(aem::FdEvents::RDHUP)),
+        "{recs:?}"
+    );
+    drop(reg);
+}
+
+#[test]
+fn src_4_bad_inputs_get_clear_errnos() {
+    let state = |fd: RawFd, flags: u32| {
+        let mut attr = uapi::aem_event_attr {
+            source: uapi::aem_source_kind::AEM_SOURCE_SOCKET_STATE,
+            ..Default::default()
+        };
+        attr.__bindgen_anon_1.socket = uapi::aem_socket_source { fd, flags };
+        register_raw(&attr)
+    };
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (r, _w) = pipe();
+    let tcp = tcp_socket();
+    assert_eq!(errno_of(state(udp.as_raw_fd(), 0)), libc::EOPNOTSUPP, "UDP");
+    assert_eq!(errno_of(state(r.as_raw_fd(), 0)), libc::ENOTSOCK, "a pipe");
+    assert_eq!(errno_of(state(-1, 0)), libc::EBADF);
+    assert_eq!(errno_of(state(tcp.as_raw_fd(), 1)), libc::EINVAL, "flags");
+    let id = state(tcp.as_raw_fd(), 0).unwrap();
+    unregister(id);
+    // The shim refuses a zero or oversized read buffer before the kernel.
+    let err = aem::on_read(r.as_fd(), 0, Options::default(), |_| Action::Rearm).unwrap_err();
+    assert_eq!(err, Error::Os(Errno(libc::EINVAL)));
+}
