@@ -22,7 +22,7 @@ use std::io::Write as _;
 
 mod sys;
 
-pub use sys::{connect_nonblocking, listen, nofile_limit, raise_nofile, Epoll};
+pub use sys::{connect_nonblocking, listen, nofile_limit, raise_nofile, shutdown_signals, Epoll};
 
 /// Largest request head (request line and headers, with the blank line that
 /// ends them) a connection accepts; a larger one gets `431` and is closed.

@@ -9,10 +9,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::process::ExitCode;
 
-use aem_http::{Conn, Epoll};
+use aem_http::{shutdown_signals, Conn, Epoll};
 
 const USAGE: &str = "usage: http-epoll [--addr HOST:PORT] [--max-conns N]";
 
@@ -128,29 +128,6 @@ impl Client {
         }
         Ok(())
     }
-}
-
-/// Blocks SIGTERM and SIGINT and returns a signalfd that reports them, so
-/// that the event loop sees a shutdown request as one more event.
-fn shutdown_signals() -> io::Result<OwnedFd> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid. The
-    // process is single-threaded, so sigprocmask covers every thread.
-    let fd = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Accepts every pending connection, dropping those beyond `max_conns`.

@@ -1,0 +1,320 @@
+//! `http-aem`: the same single-threaded HTTP/1.1 server as `http-epoll`,
+//! on AEM alone, in the shape of the 2003 AEM web server: the kernel
+//! accepts each connection and reads each request, and the handlers, run
+//! inline in the main flow, parse and reply.  The main flow does nothing
+//! but wait (`aem::run`); idle connections cost a registration each and no
+//! work at all.
+//!
+//! Handlers never nest (the kernel does not interrupt a handler with
+//! another event of the process), and the main flow never touches the
+//! connection table, so the table lives in a thread-local `RefCell`.
+//!
+//! A registration must not be dropped from inside its own handler (that
+//! would free the running closure): a handler that ends its connection
+//! returns `Action::Unregister` and leaves its own handle in `RETIRED`,
+//! dropped by the next handler that runs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+
+use aem::{AcceptFlags, Action, FdEvents, InlineRegistration, Options, ReadEvent, Source};
+use aem_http::{shutdown_signals, Conn};
+
+const USAGE: &str = "usage: http-aem [--addr HOST:PORT] [--max-conns N]";
+
+/// Descriptors kept for the listener, signalfd, stdio and the like on top
+/// of one per connection.
+const SPARE_FDS: u64 = 64;
+
+/// Bytes the kernel reads per delivery.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// One client connection.
+///
+/// Fields drop in order: the registrations go before the stream closes its
+/// descriptor.
+struct Client {
+    /// The kernel reads requests into this registration's buffer.
+    reader: Option<InlineRegistration>,
+    /// Registered while a reply waits for room in the socket.
+    writer: Option<InlineRegistration>,
+    stream: TcpStream,
+    http: Conn,
+    /// Responses not yet written; `out[sent..]` is what is left.
+    out: Vec<u8>,
+    sent: usize,
+}
+
+/// What a write attempt left.
+enum Flushed {
+    All,
+    Blocked,
+    Failed,
+}
+
+impl Client {
+    fn flush(&mut self) -> Flushed {
+        loop {
+            while self.sent < self.out.len() {
+                match (&self.stream).write(&self.out[self.sent..]) {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Flushed::Failed,
+                }
+            }
+            self.out.clear();
+            self.sent = 0;
+            // `Conn` pauses behind a large reply; let it go on.
+            let _ = self.http.on_bytes(&[], &mut self.out);
+            if self.out.is_empty() {
+                return Flushed::All;
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CLIENTS: RefCell<HashMap<RawFd, Client>> = RefCell::new(HashMap::new());
+    static RETIRED: RefCell<Vec<InlineRegistration>> = const { RefCell::new(Vec::new()) };
+    static MAX_CONNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Drop the handles of registrations whose handlers have returned.
+fn bury_retired() {
+    let retired = RETIRED.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    drop(retired);
+}
+
+/// End a connection from a handler of one of its registrations, `own`.
+fn close(fd: RawFd, own: Option<InlineRegistration>) {
+    let client = CLIENTS.with(|c| c.borrow_mut().remove(&fd));
+    if let Some(own) = own {
+        RETIRED.with(|r| r.borrow_mut().push(own));
+    }
+    // The other registration's handler is not running: drop it now.
+    drop(client);
+}
+
+fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
+    bury_retired();
+    let fd = match conn {
+        Ok(fd) => fd,
+        Err(e) => {
+            // EMFILE and the like: the connection waits in the backlog.
+            eprintln!("http-aem: accept: {e}");
+            return Action::Rearm;
+        }
+    };
+    let open = CLIENTS.with(|c| c.borrow().len());
+    if open >= MAX_CONNS.with(|m| m.get()) {
+        return Action::Rearm; // dropping `fd` closes it
+    }
+    let raw = fd.as_raw_fd();
+    let stream = TcpStream::from(fd);
+    let reader = aem::on_read(stream.as_fd(), READ_BUFFER, Options::default(), move |ev| {
+        on_request_bytes(raw, ev)
+    });
+    match reader {
+        Ok(reader) => {
+            let client = Client {
+                reader: Some(reader),
+                writer: None,
+                stream,
+                http: Conn::new("http-aem"),
+                out: Vec::new(),
+                sent: 0,
+            };
+            CLIENTS.with(|c| c.borrow_mut().insert(raw, client));
+        }
+        Err(e) => eprintln!("http-aem: cannot watch a connection: {e}"),
+    }
+    Action::Rearm
+}
+
+fn on_request_bytes(fd: RawFd, ev: ReadEvent<'_>) -> Action {
+    bury_retired();
+    let outcome = CLIENTS.with(|c| {
+        let mut clients = c.borrow_mut();
+        let Some(client) = clients.get_mut(&fd) else {
+            return Flushed::Failed;
+        };
+        let ReadEvent::Data(bytes) = ev else {
+            return Flushed::Failed; // end of stream or error
+        };
+        // A malformed request gets its error reply and `wants_close`.
+        let _ = client.http.on_bytes(bytes, &mut client.out);
+        match client.flush() {
+            Flushed::All if client.http.wants_close() => Flushed::Failed,
+            other => other,
+        }
+    });
+    match outcome {
+        Flushed::All => Action::Rearm,
+        Flushed::Blocked => {
+            // Stop reading until the reply is out.
+            let writer = aem::register_inline(
+                Source::Fd {
+                    fd: stream_fd(fd),
+                    events: FdEvents::OUT,
+                },
+                Options::default(),
+                move |_| on_writable(fd),
+            );
+            match writer {
+                Ok(w) => {
+                    CLIENTS.with(|c| {
+                        if let Some(client) = c.borrow_mut().get_mut(&fd) {
+                            client.writer = Some(w);
+                        }
+                    });
+                    Action::Disarm
+                }
+                Err(_) => end_from_reader(fd),
+            }
+        }
+        Flushed::Failed => end_from_reader(fd),
+    }
+}
+
+/// The descriptor of a connection, borrowed for a registration.
+fn stream_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: the registration made with it is dropped before the
+    // connection's stream closes the descriptor (both live in `Client`,
+    // and `close` drops the registrations first), and the kernel holds its
+    // own reference to the file meanwhile.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+fn end_from_reader(fd: RawFd) -> Action {
+    let own = CLIENTS.with(|c| c.borrow_mut().get_mut(&fd).and_then(|cl| cl.reader.take()));
+    close(fd, own);
+    Action::Unregister
+}
+
+fn on_writable(fd: RawFd) -> Action {
+    bury_retired();
+    let outcome = CLIENTS.with(|c| {
+        let mut clients = c.borrow_mut();
+        match clients.get_mut(&fd) {
+            Some(client) => match client.flush() {
+                Flushed::All if client.http.wants_close() => Flushed::Failed,
+                other => other,
+            },
+            None => Flushed::Failed,
+        }
+    });
+    match outcome {
+        Flushed::Blocked => Action::Rearm,
+        Flushed::All => {
+            let own = CLIENTS.with(|c| {
+                let mut clients = c.borrow_mut();
+                let client = clients.get_mut(&fd)?;
+                if let Some(reader) = &client.reader {
+                    // Back to reading requests.
+                    let _ = reader.enable();
+                }
+                client.writer.take()
+            });
+            if let Some(own) = own {
+                RETIRED.with(|r| r.borrow_mut().push(own));
+            }
+            Action::Unregister
+        }
+        Flushed::Failed => {
+            let own = CLIENTS.with(|c| c.borrow_mut().get_mut(&fd).and_then(|cl| cl.writer.take()));
+            close(fd, own);
+            Action::Unregister
+        }
+    }
+}
+
+struct Args {
+    addr: String,
+    max_conns: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        addr: "127.0.0.1:8080".into(),
+        max_conns: 30_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--addr" => args.addr = value()?,
+            "--max-conns" => {
+                let v = value()?;
+                args.max_conns = v.parse().map_err(|_| format!("bad --max-conns {v}"))?;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            _ => return Err(format!("unknown argument {arg}")),
+        }
+    }
+    Ok(args)
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let want = args.max_conns as u64 + SPARE_FDS;
+    let mut max_conns = args.max_conns;
+    if let Err(e) = aem_http::raise_nofile(want) {
+        let limit = aem_http::nofile_limit()?;
+        max_conns = max_conns.min(limit.saturating_sub(SPARE_FDS) as usize);
+        eprintln!("http-aem: cannot raise RLIMIT_NOFILE to {want} ({e}); serving at most {max_conns} connections");
+    }
+    MAX_CONNS.with(|m| m.set(max_conns));
+    let backlog = i32::try_from(args.max_conns).unwrap_or(i32::MAX);
+    let listener = aem_http::listen(&args.addr, backlog)?;
+    let signals = shutdown_signals()?;
+    let _shutdown = aem::register_inline(
+        Source::Fd {
+            fd: signals.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options {
+            priority: 99,
+            ..Default::default()
+        },
+        |_| std::process::exit(0),
+    )?;
+    let _accepting = aem::on_accept(
+        listener.as_fd(),
+        AcceptFlags {
+            nonblocking: true,
+            cloexec: true,
+        },
+        Options::default(),
+        on_accept,
+    )?;
+
+    let mut out = io::stdout().lock();
+    writeln!(out, "http-aem: listening on {}", listener.local_addr()?)?;
+    out.flush()?;
+    drop(out);
+    Err(Box::new(aem::run()))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("http-aem: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("http-aem: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
