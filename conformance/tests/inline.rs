@@ -101,6 +101,59 @@ fn exec_1_registers_and_avx_state_survive_a_clobbering_handler() {
 }
 
 #[test]
+fn exec_1_registers_survive_a_burst_of_chained_handlers() {
+    // Four timers due at the same instant fire in one interrupt: their
+    // handlers run back to back on one frame (aem_return chains them), and
+    // the context they interrupted must still come back intact.
+    static RAN: AtomicU64 = AtomicU64::new(0);
+    // SAFETY: only this test and its handlers touch the flag.
+    unsafe { *std::ptr::addr_of_mut!(aem_exec1_flag) = 0 };
+    RAN.store(0, SeqCst);
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let due = Duration::new(now.tv_sec as u64, now.tv_nsec as u32) + Duration::from_millis(30);
+    let regs: Vec<_> = (0..4)
+        .map(|_| {
+            aem::register_inline(
+                Source::Timer {
+                    clock: aem::Clock::Monotonic,
+                    expiry: aem::Expiry::At(due),
+                    interval: None,
+                },
+                Options {
+                    oneshot: true,
+                    ..Default::default()
+                },
+                |_| {
+                    // SAFETY: as in the test above.
+                    unsafe { aem_exec1_clobber() };
+                    if RAN.fetch_add(1, SeqCst) == 3 {
+                        // SAFETY: as in the test above.
+                        unsafe {
+                            std::ptr::write_volatile(std::ptr::addr_of_mut!(aem_exec1_flag), 1)
+                        };
+                    }
+                    Action::Rearm
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    // SAFETY: the spin function follows the C ABI.
+    let bad = unsafe { aem_exec1_spin() };
+    assert_eq!(RAN.load(SeqCst), 4);
+    assert_eq!(
+        bad, 0,
+        "register {bad} was not restored (1-15 GPR, 100+ ymm)"
+    );
+    drop(regs);
+}
+
+#[test]
 fn deliv_5_handler_is_not_interrupted_by_another_event() {
     static IN_A: AtomicBool = AtomicBool::new(false);
     static B_INSIDE_A: AtomicBool = AtomicBool::new(false);

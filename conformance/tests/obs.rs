@@ -1,4 +1,5 @@
 //! OBS-1: /proc/<pid>/aem lists every registration with its counters.
+//! OBS-2: the aem:* tracepoints follow an event through ftrace.
 
 use std::time::Duration;
 
@@ -84,5 +85,93 @@ fn obs_1_other_process_reads_our_registrations() {
         text.lines()
             .any(|l| l.starts_with(&format!("{}\tfd\t", reg.id()))),
         "{text}"
+    );
+}
+
+/// tracefs, mounted on first use, with the aem events enabled and the
+/// buffer cleared.
+fn start_tracing() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from("/sys/kernel/tracing");
+    if !dir.join("events").exists() {
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        // SAFETY: plain mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                c("tracefs").as_ptr(),
+                c("/sys/kernel/tracing").as_ptr(),
+                c("tracefs").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tracefs: {}", std::io::Error::last_os_error());
+    }
+    std::fs::write(dir.join("trace"), "").unwrap();
+    std::fs::write(dir.join("events/aem/enable"), "1").expect("the aem trace events");
+    dir
+}
+
+fn stop_tracing(dir: &std::path::Path) -> String {
+    std::fs::write(dir.join("events/aem/enable"), "0").unwrap();
+    std::fs::read_to_string(dir.join("trace")).unwrap()
+}
+
+#[test]
+fn obs_2_tracepoints_follow_an_event_from_registration_to_unregistration() {
+    let dir = start_tracing();
+    let efd = eventfd();
+    let reg = watch_in(&efd, Options::default()).unwrap();
+    let id = reg.id();
+    eventfd_add(&efd, 1);
+    assert_eq!(aem::wait(4, Some(Duration::from_secs(1))).unwrap().len(), 1);
+    drop(reg);
+    let trace = stop_tracing(&dir);
+    let find = |what: &str| {
+        trace
+            .lines()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in the trace:\n{trace}"))
+    };
+    let fd = aem::SourceKind::Fd.raw();
+    let registered = find(&format!(
+        "aem_register: id={id} source={fd} prio=0 flags=0x0 polled"
+    ));
+    let activated = find(&format!(
+        "aem_activate: id={id} source={fd} pending=1 queued"
+    ));
+    let delivered = find(&format!("aem_deliver: id={id} source={fd} count=1 polled"));
+    let unregistered = find(&format!(
+        "aem_unregister: id={id} source={fd} activations=1 deliveries=1"
+    ));
+    assert!(
+        registered < activated && activated < delivered && delivered < unregistered,
+        "out of order:\n{trace}"
+    );
+}
+
+#[test]
+fn obs_2_inline_delivery_is_traced_as_inline() {
+    let dir = start_tracing();
+    let efd = eventfd();
+    let reg = aem::register_inline(
+        Source::Fd {
+            fd: std::os::fd::AsFd::as_fd(&efd),
+            events: aem::FdEvents::IN,
+        },
+        Options {
+            oneshot: true,
+            ..Default::default()
+        },
+        |_| aem::Action::Rearm,
+    )
+    .unwrap();
+    let id = reg.id();
+    eventfd_add(&efd, 1);
+    // The handler runs on the way back from this system call at the latest.
+    std::thread::sleep(Duration::from_millis(10));
+    let trace = stop_tracing(&dir);
+    assert!(
+        trace.contains(&format!("aem_deliver: id={id} source=1 count=1 inline")),
+        "{trace}"
     );
 }
