@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: run bench/ (aem-bench) in the guest, in the two lenses of
+# `make bench`: run the benchmarks in the guest, in the two lenses of
 # docs/benchmarks.md, and print the tables.
 #
 #   wall-clock  TCG, -smp 2: real parallelism, noisy.
@@ -8,19 +8,62 @@
 #
 # Every figure is a ratio against a peer mechanism measured in the same
 # boot: TCG time is not hardware time.
+#
+#   PERF-1  event -> handler latency (aem-bench perf1), both lenses
+#   PERF-2  latency with up to 1,000,000 idle registrations (icount)
+#   PERF-3  kernel memory per registration vs epoll (memcg slab)
+#   PERF-4  HTTP server on AEM vs on epoll, 10,000 idle connections and
+#           100 active clients (examples/http-server), both lenses
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 cd "$TOP"
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-cargo build -q --release --target x86_64-unknown-linux-gnu -p aem-bench
-bin=target/x86_64-unknown-linux-gnu/release/aem-bench
+cargo build -q --release --target x86_64-unknown-linux-gnu -p aem-bench -p aem-http
+rel=target/x86_64-unknown-linux-gnu/release
+bench=$rel/aem-bench
+http=(--file "$rel/http-aem" --file "$rel/http-epoll" --file "$rel/http-load")
+
+icount() {
+	AEM_ACCEL=tcg AEM_SMP=1 AEM_QEMU_ARGS="-icount shift=0,sleep=off" "$@"
+}
+
+# PERF-4 in one boot: each server in turn under the same load; prints the
+# load generator's lines and the ratio table.
+perf4() {
+	local out
+	out=$(AEM_MEM=2048 "$@" qemu/guest.sh "${http[@]}" -- '
+		for s in http-epoll http-aem; do
+			$s --addr 127.0.0.1:8080 --max-conns 20000 >/tmp/$s.log 2>&1 &
+			pid=$!
+			until grep -q listening /tmp/$s.log; do sleep 0.1; done
+			echo "$s $(http-load --addr 127.0.0.1:8080 --idle 10000 --clients 100 --warmup 0.5 --duration 2)"
+			kill $pid; wait $pid
+		done')
+	echo "$out" | sed 's/^/  /'
+	echo "$out" | awk '
+		{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[$1, kv[1]] = kv[2] } }
+		END {
+			e = "http-epoll"; a = "http-aem"
+			printf "%-8s %-44s %9s %9s %6s\n", "id", "HTTP server, 10,000 idle + 100 clients", "req/s", "p99 us", "ratio"
+			printf "%-8s %-44s %9d %9d %6.2f\n", "peer", "epoll server", v[e, "rps"], v[e, "p99_us"], 1
+			printf "%-8s %-44s %9d %9d %6.2f\n", "PERF-4", "AEM server (accept + read inline)", v[a, "rps"], v[a, "p99_us"], v[a, "rps"] / v[e, "rps"]
+			printf "%-8s %-44s %9s %9s %6.2f\n", "PERF-4", "p99 latency, AEM / epoll", "", "", v[a, "p99_us"] / v[e, "p99_us"]
+		}'
+}
 
 echo "kernel $(qemu/guest.sh uname -r), $(date -u +%Y-%m-%d)"
 echo
 echo "== wall-clock lens (TCG, -smp 2)"
-AEM_ACCEL=tcg qemu/guest.sh --file "$bin" aem-bench
+AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf1
+echo
+perf4 env AEM_ACCEL=tcg
 echo
 echo "== icount lens (-icount shift=0,sleep=off, -smp 1)"
-AEM_ACCEL=tcg AEM_SMP=1 AEM_QEMU_ARGS="-icount shift=0,sleep=off" \
-	qemu/guest.sh --file "$bin" aem-bench
+icount qemu/guest.sh --file "$bench" aem-bench perf1
+echo
+AEM_MEM=2048 icount qemu/guest.sh --file "$bench" aem-bench perf2
+echo
+icount qemu/guest.sh --file "$bench" aem-bench perf3
+echo
+perf4 icount

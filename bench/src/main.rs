@@ -13,6 +13,8 @@
 //!   other thread;
 //! - a thread blocked in io_uring_enter() on an IORING_OP_POLL_ADD;
 //! - a thread blocked in aem_wait() (polled AEM).
+//!
+//! `aem-bench perf2` and `aem-bench perf3`: see `scale.rs`.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -279,7 +281,10 @@ fn io_uring_waiter(efd: &OwnedFd) -> Waiter {
     })
 }
 
+mod scale;
+
 fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "perf1".into());
     // Under a loaded host a TCG guest can fail to calibrate its TSC and
     // fall back to jiffies: 1 ms steps make every figure meaningless.
     let cs =
@@ -289,6 +294,19 @@ fn main() {
         eprintln!("aem-bench: the guest clocksource is {cs:?}, not the TSC; no figures (is the host busy?)");
         std::process::exit(2);
     }
+    match which.as_str() {
+        "perf1" => perf1(),
+        "perf2" => scale::perf2(),
+        "perf3" => scale::perf3(),
+        other => {
+            eprintln!("usage: aem-bench [perf1|perf2|perf3] (not {other:?})");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// PERF-1: event-to-handler latency, AEM against its peers.
+fn perf1() {
     let epoll = measure(epoll_waiter);
     let peer = pct(&epoll, 50);
     let efd = eventfd();

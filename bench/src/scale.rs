@@ -1,0 +1,201 @@
+//! PERF-2 and PERF-3: what registrations cost when there are many.
+//!
+//! PERF-2 measures the event-to-handler latency of one inline handler (as
+//! PERF-1's "same thread") while 0 to 999,999 other registrations sit idle:
+//! one-shot timers an hour away, which live in the same registration
+//! table, id space and slab as the measured event.  The ratio is to the
+//! figure with no idle registration.
+//!
+//! PERF-3 measures kernel memory per registration through the memory
+//! cgroup the benchmark runs in: registrations are charged to the process
+//! (SLAB_ACCOUNT), so the cgroup's `slab` counter grows by exactly what
+//! they cost, alignment and the cgroup's own per-object pointer included.
+//! The peer is epoll: the same number of distinct eventfds, each added to
+//! one epoll instance.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::{eventfd, inline_handler_on, measure_same_thread, pct};
+
+fn raise_nofile(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: `lim` is a valid rlimit; the guest runs as root.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(
+        rc,
+        0,
+        "RLIMIT_NOFILE {n}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `n` idle registrations: one-shot timers an hour away.
+fn idle_timers(n: usize) -> Vec<aem::Registration> {
+    (0..n)
+        .map(|_| {
+            aem::register(
+                aem::Source::Timer {
+                    clock: aem::Clock::Monotonic,
+                    expiry: aem::Expiry::After(Duration::from_secs(3600)),
+                    interval: None,
+                },
+                aem::Options::default(),
+            )
+            .expect("idle timer")
+        })
+        .collect()
+}
+
+/// PERF-2: rows of (idle registrations, p50, p99, ratio to none idle).
+pub fn perf2() {
+    println!(
+        "{:<8} {:<44} {:>9} {:>9} {:>6}",
+        "id", "inline handler latency (guest-clock ns)", "p50", "p99", "ratio"
+    );
+    let mut base = 0;
+    for total in [1usize, 1_000, 100_000, 1_000_000] {
+        let idle = idle_timers(total - 1);
+        let efd = eventfd();
+        let reg = inline_handler_on(&efd);
+        let lat = measure_same_thread(&efd, &efd);
+        drop(reg);
+        drop(idle);
+        if total == 1 {
+            base = pct(&lat, 50);
+        }
+        crate::row(
+            "PERF-2",
+            &format!("{total} registrations (1 firing)"),
+            &lat,
+            base,
+        );
+    }
+}
+
+/// The calling process's memory cgroup's `slab` bytes.
+struct Cgroup {
+    dir: std::path::PathBuf,
+}
+
+impl Cgroup {
+    /// Mount cgroup2 if needed, and move the process into a new child
+    /// group with the memory controller.
+    fn enter(name: &str) -> Cgroup {
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        if !root.join("cgroup.controllers").exists() {
+            let c = |s: &str| std::ffi::CString::new(s).unwrap();
+            // SAFETY: plain mount(2) with valid C strings.
+            let rc = unsafe {
+                libc::mount(
+                    c("cgroup2").as_ptr(),
+                    c("/sys/fs/cgroup").as_ptr(),
+                    c("cgroup2").as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "mount cgroup2: {}", std::io::Error::last_os_error());
+        }
+        std::fs::write(root.join("cgroup.subtree_control"), "+memory")
+            .expect("enable the memory controller");
+        let dir = root.join(name);
+        let _ = std::fs::create_dir(&dir);
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .expect("enter the cgroup");
+        Cgroup { dir }
+    }
+
+    fn slab(&self) -> u64 {
+        let stat = std::fs::read_to_string(self.dir.join("memory.stat")).expect("memory.stat");
+        stat.lines()
+            .find_map(|l| l.strip_prefix("slab ")?.trim().parse().ok())
+            .expect("slab in memory.stat")
+    }
+
+    /// Bytes per item that `f` costs, for `n` items: the slab growth.
+    fn per_item<T>(&self, n: usize, f: impl FnOnce() -> T) -> (f64, T) {
+        let before = self.slab();
+        let kept = f();
+        let after = self.slab();
+        (after.saturating_sub(before) as f64 / n as f64, kept)
+    }
+}
+
+fn epoll_add_all(fds: &[OwnedFd]) -> OwnedFd {
+    // SAFETY: epoll_create1 has no memory-safety preconditions.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    // SAFETY: a new descriptor nothing else owns.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    for fd in fds {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd.as_raw_fd() as u64,
+        };
+        // SAFETY: `ev` is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev)
+        };
+        assert_eq!(rc, 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+    }
+    ep
+}
+
+fn watch(fd: &OwnedFd) -> aem::Source<'_> {
+    aem::Source::Fd {
+        fd: fd.as_fd(),
+        events: aem::FdEvents::IN,
+    }
+}
+
+/// PERF-3: kernel memory per registration, against epoll per watched fd.
+pub fn perf3() {
+    const N: usize = 100_000;
+    raise_nofile(2 * N as u64 + 1024);
+    let cg = Cgroup::enter("aem-perf3");
+    let fds: Vec<OwnedFd> = (0..N).map(|_| eventfd()).collect();
+
+    let (epoll, ep) = cg.per_item(N, || epoll_add_all(&fds));
+    drop(ep);
+    let (polled, regs) = cg.per_item(N, || {
+        fds.iter()
+            .map(|fd| aem::register(watch(fd), aem::Options::default()).expect("register"))
+            .collect::<Vec<_>>()
+    });
+    drop(regs);
+    let (inline, regs) = cg.per_item(N, || {
+        fds.iter()
+            .map(|fd| {
+                aem::register_inline(watch(fd), aem::Options::default(), |_| aem::Action::Rearm)
+                    .expect("register_inline")
+            })
+            .collect::<Vec<_>>()
+    });
+    drop(regs);
+    let (timer, regs) = cg.per_item(N, || idle_timers(N));
+    drop(regs);
+
+    println!(
+        "{:<8} {:<44} {:>9} {:>6}",
+        "id", "kernel memory per watch (memcg slab bytes)", "bytes", "ratio"
+    );
+    let line = |name: &str, bytes: f64| {
+        println!(
+            "{:<8} {name:<44} {bytes:>9.1} {:>6.2}",
+            "PERF-3",
+            bytes / epoll
+        )
+    };
+    println!(
+        "{:<8} {:<44} {epoll:>9.1} {:>6.2}",
+        "peer", "epoll, one eventfd per item", 1.0
+    );
+    line("AEM fd registration, polled", polled);
+    line("AEM fd registration, inline handler", inline);
+    line("AEM timer registration (for reference)", timer);
+    println!("(N = {N} items; `slab` of memory.stat in the process's memory cgroup)");
+}
