@@ -19,10 +19,10 @@ set -euo pipefail
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 cd "$TOP"
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-cargo build -q --release --target x86_64-unknown-linux-gnu -p aem-bench -p aem-http
+cargo build -q --release --target x86_64-unknown-linux-gnu -p aem-bench
 rel=target/x86_64-unknown-linux-gnu/release
 bench=$rel/aem-bench
-http=(--file "$rel/http-aem" --file "$rel/http-epoll" --file "$rel/http-load")
+# The HTTP servers and the load generator are in the rootfs (make rootfs).
 
 icount() {
 	AEM_ACCEL=tcg AEM_SMP=1 AEM_QEMU_ARGS="-icount shift=0,sleep=off" "$@"
@@ -32,7 +32,7 @@ icount() {
 # load generator's lines and the ratio table.
 perf4() {
 	local out
-	out=$(AEM_MEM=2048 "$@" qemu/guest.sh "${http[@]}" -- '
+	out=$(AEM_MEM=2048 "$@" qemu/guest.sh -- '
 		for s in http-epoll http-aem; do
 			$s --addr 127.0.0.1:8080 --max-conns 20000 >/tmp/$s.log 2>&1 &
 			pid=$!

@@ -643,3 +643,83 @@ fn src_4_bad_inputs_get_clear_errnos() {
     let err = aem::on_read(r.as_fd(), 0, Options::default(), |_| Action::Rearm).unwrap_err();
     assert_eq!(err, Error::Os(Errno(libc::EINVAL)));
 }
+
+// The examples/http-server programs, in the guest's PATH (the rootfs).
+
+/// Start `server` on an ephemeral port; returns the child and its address.
+fn start_server(server: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(server)
+        .args(["--addr", "127.0.0.1:0", "--max-conns", "4000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{server}: {e}"));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_else(|| panic!("{server} said {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+fn load(addr: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("http-load")
+        .args(["--addr", addr])
+        .args(args)
+        .output()
+        .expect("http-load");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "http-load {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Pipelined requests on one connection, the last with `Connection:
+/// close`; returns everything the server sent back.
+fn raw_exchange(addr: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        b"GET /bytes/1048576 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /missing HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /bytes/1048576 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /bytes/777 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    all
+}
+
+#[test]
+fn src_2_aem_http_server_serves_storms_and_load_like_the_epoll_one() {
+    let (soft, hard) = nofile();
+    set_nofile(8192.max(soft), 8192.max(hard));
+    let mut replies = Vec::new();
+    for server in ["http-aem", "http-epoll"] {
+        let (mut child, addr) = start_server(server);
+        let storm = load(&addr, &["--connect-storm", "1000"]);
+        assert!(storm.contains("ok=1000 errors=0"), "{server}: {storm}");
+        let run = load(
+            &addr,
+            &["--idle", "500", "--clients", "16", "--duration", "0.5"],
+        );
+        assert!(run.contains("errors=0"), "{server}: {run}");
+        // Replies larger than the socket buffer: the AEM server waits for
+        // room with an fd event, and must still answer in order.
+        replies.push(raw_exchange(&addr));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{server} exited with {status}");
+    }
+    assert!(replies[0].len() > 2 << 20, "{} bytes", replies[0].len());
+    assert_eq!(replies[0], replies[1], "the two servers answer alike");
+}
