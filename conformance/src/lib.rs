@@ -252,3 +252,46 @@ pub fn watch_in(
 pub fn eventfd_add(fd: &impl std::os::fd::AsRawFd, n: u64) {
     write_fd(fd, &n.to_ne_bytes());
 }
+
+/// The memory cgroup the calling process runs in, made for a test:
+/// cgroup2 mounted if needed, the memory controller enabled, the process
+/// moved into `/sys/fs/cgroup/<name>`.
+pub struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    /// Create (or reuse) the group `name` and move the process into it.
+    pub fn enter(name: &str) -> MemoryCgroup {
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        if !root.join("cgroup.controllers").exists() {
+            let c = |s: &str| std::ffi::CString::new(s).unwrap();
+            // SAFETY: plain mount(2) with valid C strings.
+            let rc = unsafe {
+                libc::mount(
+                    c("cgroup2").as_ptr(),
+                    c("/sys/fs/cgroup").as_ptr(),
+                    c("cgroup2").as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "mount cgroup2: {}", io::Error::last_os_error());
+        }
+        std::fs::write(root.join("cgroup.subtree_control"), "+memory")
+            .expect("enable the memory controller");
+        let dir = root.join(name);
+        let _ = std::fs::create_dir(&dir);
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .expect("enter the cgroup");
+        MemoryCgroup { dir }
+    }
+
+    /// The group's slab bytes (`slab` of `memory.stat`).
+    pub fn slab(&self) -> u64 {
+        let stat = std::fs::read_to_string(self.dir.join("memory.stat")).expect("memory.stat");
+        stat.lines()
+            .find_map(|l| l.strip_prefix("slab ")?.trim().parse().ok())
+            .expect("slab in memory.stat")
+    }
+}

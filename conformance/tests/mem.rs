@@ -1,0 +1,45 @@
+//! Registrations are small and charged to the process (MISSION.md PERF-3,
+//! SEC-2): each is one slab object accounted to the process's memory
+//! cgroup, so the cgroup's limits bound them, and unregistering gives the
+//! memory back.
+
+use std::os::fd::OwnedFd;
+
+use aem::Options;
+use aem_conformance::{eventfd, watch_in, MemoryCgroup};
+
+const N: u64 = 10_000;
+
+fn raise_nofile(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: `lim` is a valid rlimit; the guest runs as root.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+#[test]
+fn perf_3_registrations_are_charged_to_the_process_memory_cgroup() {
+    raise_nofile(2 * N + 1024);
+    let cg = MemoryCgroup::enter("aem-conformance-mem");
+    let fds: Vec<OwnedFd> = (0..N).map(|_| eventfd()).collect();
+    let before = cg.slab();
+    let regs: Vec<_> = fds
+        .iter()
+        .map(|fd| watch_in(fd, Options::default()).unwrap())
+        .collect();
+    let charged = cg.slab() - before;
+    let per = charged / N;
+    // One 144-byte object each, its cgroup pointer and the id table's share.
+    assert!(
+        (144..=192).contains(&per),
+        "{per} bytes per fd registration ({charged} for {N})"
+    );
+    drop(regs);
+    let left = cg.slab().saturating_sub(before);
+    assert!(
+        left < charged / 10,
+        "unregistering kept {left} of {charged} bytes"
+    );
+}
