@@ -705,11 +705,22 @@ fn src_2_aem_http_server_serves_storms_and_load_like_the_epoll_one() {
     let mut replies = Vec::new();
     for server in ["http-aem", "http-epoll"] {
         let (mut child, addr) = start_server(server);
-        let storm = load(&addr, &["--connect-storm", "1000"]);
-        assert!(storm.contains("ok=1000 errors=0"), "{server}: {storm}");
+        // Sized for the debug kernel too (KASAN under TCG: ~10 connections
+        // a second); src_2_connection_storm_... does the 1,000.
+        let storm = load(&addr, &["--connect-storm", "200", "--timeout", "120"]);
+        assert!(storm.contains("ok=200 errors=0"), "{server}: {storm}");
         let run = load(
             &addr,
-            &["--idle", "500", "--clients", "16", "--duration", "0.5"],
+            &[
+                "--idle",
+                "200",
+                "--clients",
+                "8",
+                "--duration",
+                "0.5",
+                "--timeout",
+                "120",
+            ],
         );
         assert!(run.contains("errors=0"), "{server}: {run}");
         // Replies larger than the socket buffer: the AEM server waits for
