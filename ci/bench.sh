@@ -38,7 +38,7 @@ perf4() {
 			pid=$!
 			until grep -q listening /tmp/$s.log; do sleep 0.1; done
 			t0=$(cut -d" " -f14-15 /proc/$pid/stat | tr " " +)
-			r=$(http-load --addr 127.0.0.1:8080 --idle 10000 --clients 100 --warmup 0.5 --duration 2)
+			r=$(http-load --addr 127.0.0.1:8080 --idle 10000 --clients 100 --warmup 0.5 --duration 2 --timeout 120)
 			t1=$(cut -d" " -f14-15 /proc/$pid/stat | tr " " +)
 			echo "$s $r server_ticks=$(( (t1) - (t0) ))"
 			kill $pid; wait $pid
