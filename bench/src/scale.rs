@@ -16,6 +16,8 @@
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use aem_conformance::MemoryCgroup;
+
 use crate::{eventfd, inline_handler_on, measure_same_thread, pct};
 
 fn raise_nofile(n: u64) {
@@ -76,53 +78,13 @@ pub fn perf2() {
     }
 }
 
-/// The calling process's memory cgroup's `slab` bytes.
-struct Cgroup {
-    dir: std::path::PathBuf,
-}
-
-impl Cgroup {
-    /// Mount cgroup2 if needed, and move the process into a new child
-    /// group with the memory controller.
-    fn enter(name: &str) -> Cgroup {
-        let root = std::path::Path::new("/sys/fs/cgroup");
-        if !root.join("cgroup.controllers").exists() {
-            let c = |s: &str| std::ffi::CString::new(s).unwrap();
-            // SAFETY: plain mount(2) with valid C strings.
-            let rc = unsafe {
-                libc::mount(
-                    c("cgroup2").as_ptr(),
-                    c("/sys/fs/cgroup").as_ptr(),
-                    c("cgroup2").as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-            assert_eq!(rc, 0, "mount cgroup2: {}", std::io::Error::last_os_error());
-        }
-        std::fs::write(root.join("cgroup.subtree_control"), "+memory")
-            .expect("enable the memory controller");
-        let dir = root.join(name);
-        let _ = std::fs::create_dir(&dir);
-        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-            .expect("enter the cgroup");
-        Cgroup { dir }
-    }
-
-    fn slab(&self) -> u64 {
-        let stat = std::fs::read_to_string(self.dir.join("memory.stat")).expect("memory.stat");
-        stat.lines()
-            .find_map(|l| l.strip_prefix("slab ")?.trim().parse().ok())
-            .expect("slab in memory.stat")
-    }
-
-    /// Bytes per item that `f` costs, for `n` items: the slab growth.
-    fn per_item<T>(&self, n: usize, f: impl FnOnce() -> T) -> (f64, T) {
-        let before = self.slab();
-        let kept = f();
-        let after = self.slab();
-        (after.saturating_sub(before) as f64 / n as f64, kept)
-    }
+/// Bytes per item that `f` costs, for `n` items: the growth of the memory
+/// cgroup's slab.
+fn per_item<T>(cg: &MemoryCgroup, n: usize, f: impl FnOnce() -> T) -> (f64, T) {
+    let before = cg.slab();
+    let kept = f();
+    let after = cg.slab();
+    (after.saturating_sub(before) as f64 / n as f64, kept)
 }
 
 fn epoll_add_all(fds: &[OwnedFd]) -> OwnedFd {
@@ -156,18 +118,18 @@ fn watch(fd: &OwnedFd) -> aem::Source<'_> {
 pub fn perf3() {
     const N: usize = 100_000;
     raise_nofile(2 * N as u64 + 1024);
-    let cg = Cgroup::enter("aem-perf3");
+    let cg = MemoryCgroup::enter("aem-perf3");
     let fds: Vec<OwnedFd> = (0..N).map(|_| eventfd()).collect();
 
-    let (epoll, ep) = cg.per_item(N, || epoll_add_all(&fds));
+    let (epoll, ep) = per_item(&cg, N, || epoll_add_all(&fds));
     drop(ep);
-    let (polled, regs) = cg.per_item(N, || {
+    let (polled, regs) = per_item(&cg, N, || {
         fds.iter()
             .map(|fd| aem::register(watch(fd), aem::Options::default()).expect("register"))
             .collect::<Vec<_>>()
     });
     drop(regs);
-    let (inline, regs) = cg.per_item(N, || {
+    let (inline, regs) = per_item(&cg, N, || {
         fds.iter()
             .map(|fd| {
                 aem::register_inline(watch(fd), aem::Options::default(), |_| aem::Action::Rearm)
@@ -176,7 +138,7 @@ pub fn perf3() {
             .collect::<Vec<_>>()
     });
     drop(regs);
-    let (timer, regs) = cg.per_item(N, || idle_timers(N));
+    let (timer, regs) = per_item(&cg, N, || idle_timers(N));
     drop(regs);
 
     println!(

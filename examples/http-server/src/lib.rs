@@ -20,8 +20,10 @@
 use std::fmt;
 use std::io::Write as _;
 
+mod args;
 mod sys;
 
+pub use args::ServerArgs;
 pub use sys::{connect_nonblocking, listen, nofile_limit, raise_nofile, shutdown_signals, Epoll};
 
 /// Largest request head (request line and headers, with the blank line that

@@ -21,13 +21,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 use aem::{AcceptFlags, Action, FdEvents, InlineRegistration, Options, ReadEvent, Source};
-use aem_http::{shutdown_signals, Conn};
+use aem_http::{shutdown_signals, Conn, ServerArgs};
 
 const USAGE: &str = "usage: http-aem [--addr HOST:PORT] [--max-conns N]";
-
-/// Descriptors kept for the listener, signalfd, stdio and the like on top
-/// of one per connection.
-const SPARE_FDS: u64 = 64;
 
 /// Bytes the kernel reads per delivery, per connection: a request head
 /// fits, and 10,000 idle connections cost 40 MiB of buffers, not 160.
@@ -257,40 +253,8 @@ fn on_writable(fd: RawFd) -> Action {
     }
 }
 
-struct Args {
-    addr: String,
-    max_conns: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        addr: "127.0.0.1:8080".into(),
-        max_conns: 30_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--addr" => args.addr = value()?,
-            "--max-conns" => {
-                let v = value()?;
-                args.max_conns = v.parse().map_err(|_| format!("bad --max-conns {v}"))?;
-            }
-            "-h" | "--help" => return Err(String::new()),
-            _ => return Err(format!("unknown argument {arg}")),
-        }
-    }
-    Ok(args)
-}
-
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let want = args.max_conns as u64 + SPARE_FDS;
-    let mut max_conns = args.max_conns;
-    if let Err(e) = aem_http::raise_nofile(want) {
-        let limit = aem_http::nofile_limit()?;
-        max_conns = max_conns.min(limit.saturating_sub(SPARE_FDS) as usize);
-        eprintln!("http-aem: cannot raise RLIMIT_NOFILE to {want} ({e}); serving at most {max_conns} connections");
-    }
+fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let max_conns = args.fit_nofile("http-aem")?;
     MAX_CONNS.with(|m| m.set(max_conns));
     let backlog = i32::try_from(args.max_conns).unwrap_or(i32::MAX);
     let listener = aem_http::listen(&args.addr, backlog)?;
@@ -324,7 +288,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match ServerArgs::parse() {
         Ok(args) => args,
         Err(e) => {
             if !e.is_empty() {

@@ -12,39 +12,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::process::ExitCode;
 
-use aem_http::{shutdown_signals, Conn, Epoll};
+use aem_http::{shutdown_signals, Conn, Epoll, ServerArgs};
 
 const USAGE: &str = "usage: http-epoll [--addr HOST:PORT] [--max-conns N]";
-
-/// Descriptors kept for the listener, epoll, signalfd, stdio and the like
-/// on top of one per connection.
-const SPARE_FDS: u64 = 64;
-
-struct Args {
-    addr: String,
-    max_conns: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        addr: "127.0.0.1:8080".into(),
-        max_conns: 30_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--addr" => args.addr = value()?,
-            "--max-conns" => {
-                let v = value()?;
-                args.max_conns = v.parse().map_err(|_| format!("bad --max-conns {v}"))?;
-            }
-            "-h" | "--help" => return Err(String::new()),
-            _ => return Err(format!("unknown argument {arg}")),
-        }
-    }
-    Ok(args)
-}
 
 /// One client connection.
 struct Client {
@@ -182,14 +152,8 @@ fn accept_all(
     }
 }
 
-fn run(args: Args) -> io::Result<()> {
-    let want = args.max_conns as u64 + SPARE_FDS;
-    let mut max_conns = args.max_conns;
-    if let Err(e) = aem_http::raise_nofile(want) {
-        let limit = aem_http::nofile_limit()?;
-        max_conns = max_conns.min(limit.saturating_sub(SPARE_FDS) as usize);
-        eprintln!("http-epoll: cannot raise RLIMIT_NOFILE to {want} ({e}); serving at most {max_conns} connections");
-    }
+fn run(args: ServerArgs) -> io::Result<()> {
+    let max_conns = args.fit_nofile("http-epoll")?;
     let backlog = i32::try_from(args.max_conns).unwrap_or(i32::MAX);
     let listener = aem_http::listen(&args.addr, backlog)?;
     listener.set_nonblocking(true)?;
@@ -233,7 +197,7 @@ fn run(args: Args) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match ServerArgs::parse() {
         Ok(args) => args,
         Err(e) => {
             if !e.is_empty() {
