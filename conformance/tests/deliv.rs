@@ -171,6 +171,32 @@ fn deliv_3_dispatch_disables_until_enabled_and_keeps_counting() {
 }
 
 #[test]
+fn deliv_3_enabling_a_ready_level_dispatch_event_delivers_it_again() {
+    // A level-triggered event disabled by its dispatch delivery while the
+    // fd stays ready: enabling it must notice the fd is still ready.
+    let efd = eventfd();
+    eventfd_add(&efd, 1);
+    let reg = watch_in(
+        &efd,
+        Options {
+            level: true,
+            dispatch: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sec = Some(Duration::from_secs(1));
+    assert_eq!(aem::wait(4, sec).unwrap().len(), 1);
+    assert!(
+        aem::wait(4, Some(Duration::ZERO)).unwrap().is_empty(),
+        "disabled"
+    );
+    reg.enable().unwrap();
+    let recs = aem::wait(4, sec).unwrap();
+    assert_eq!(recs.iter().map(|r| r.id).collect::<Vec<_>>(), [reg.id()]);
+}
+
+#[test]
 fn deliv_3_unregister_discards_pending() {
     let efd = eventfd();
     let reg = watch_in(&efd, Options::default()).unwrap();

@@ -564,6 +564,56 @@ fn src_4_tcp_state_changes_arrive_in_order_through_fin_and_close() {
 }
 
 #[test]
+fn deliv_2_socket_state_changes_beyond_the_queue_are_summed_not_lost() {
+    use TcpState::*;
+    // Six connect / disconnect cycles on one socket while the event is
+    // disabled: 18 changes against a queue of 16.
+    let (l, addr) = listener();
+    let s = tcp_socket();
+    let reg = aem::register(
+        Source::SocketState { fd: s.as_fd() },
+        Options {
+            disabled: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as u16,
+        sa_data: [0; 14],
+    };
+    for _ in 0..6 {
+        connect(&s, addr);
+        // SAFETY: connect(2) with AF_UNSPEC disconnects; `unspec` is valid.
+        let rc =
+            unsafe { libc::connect(s.as_raw_fd(), &unspec, size_of::<libc::sockaddr>() as u32) };
+        assert_eq!(rc, 0, "disconnect: {}", std::io::Error::last_os_error());
+    }
+    reg.enable().unwrap();
+    let mut recs = Vec::new();
+    while recs.iter().map(|r: &Record| r.count).sum::<u64>() < 18 {
+        let more = wait_records(1);
+        assert!(!more.is_empty(), "only {recs:?}");
+        recs.extend(more);
+    }
+    let got = changes(&recs);
+    assert_eq!(got.len(), 16, "{got:?}");
+    let cycle = [
+        (Close, SynSent),
+        (SynSent, Established),
+        (Established, Close),
+    ];
+    for (i, c) in got[..15].iter().enumerate() {
+        assert_eq!((c.0, c.1), cycle[i % 3], "change {i}: {got:?}");
+    }
+    // The last record sums up the rest: old of the first, new of the last.
+    assert_eq!((got[15].0, got[15].1), (Close, Close), "{got:?}");
+    assert_eq!(recs[15].count, 3);
+    assert!(recs[..15].iter().all(|r| r.count == 1));
+    drop(l);
+}
+
+#[test]
 fn src_4_peer_reset_reports_close_with_econnreset_inline() {
     let (l, addr) = listener();
     let client = TcpStream::connect(addr).unwrap();
