@@ -26,7 +26,8 @@ TARGET := x86_64-unknown-linux-gnu
 # that build scripts and proc-macros on the host stay dynamic.
 GUEST_CARGO := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
 	cargo
-GUEST_BINS := $(addprefix target/$(TARGET)/release/,aem-demo http-aem http-epoll http-load)
+GUEST_BINS := $(addprefix target/$(TARGET)/release/,aem-demo http-aem http-epoll http-load \
+	aem-echo-server aem-periodic-timer)
 
 .PHONY: deps kernel kernel-tree export-patches kernel-reset rootfs run guest \
 	test test-debug bench bindings guest-bins
@@ -48,7 +49,8 @@ kernel-reset:
 	@ci/kernel.sh reset
 
 guest-bins:
-	@$(GUEST_CARGO) build -q --release --target $(TARGET) -p aem-demo -p aem-http
+	@$(GUEST_CARGO) build -q --release --target $(TARGET) -p aem-demo -p aem-http \
+		-p aem-echo-server -p aem-periodic-timer
 
 rootfs: deps guest-bins
 	@rootfs/build.sh build/rootfs.cpio.gz $(if $(ROOTFS_OVERLAY),--overlay $(ROOTFS_OVERLAY)) $(GUEST_BINS)

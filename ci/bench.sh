@@ -14,6 +14,9 @@
 #   PERF-3  kernel memory per registration vs epoll (memcg slab)
 #   PERF-4  HTTP server on AEM vs on epoll, 10,000 idle connections and
 #           100 active clients (examples/http-server), both lenses
+#   PERF-5  blocking/unblocking delivery: a critical section through the
+#           thread-area word vs a sigprocmask pair (aem-bench perf5),
+#           both lenses; aim: 50x cheaper, judged in the icount lens
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,6 +66,8 @@ echo
 echo "== wall-clock lens (TCG, -smp 2)"
 AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf1
 echo
+AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf5
+echo
 perf4 env AEM_ACCEL=tcg
 echo
 echo "== icount lens (-icount shift=0,sleep=off, -smp 1)"
@@ -71,5 +76,7 @@ echo
 AEM_MEM=2048 icount qemu/guest.sh --file "$bench" aem-bench perf2
 echo
 icount qemu/guest.sh --file "$bench" aem-bench perf3
+echo
+icount qemu/guest.sh --file "$bench" aem-bench perf5
 echo
 perf4 icount

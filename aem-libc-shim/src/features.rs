@@ -23,12 +23,15 @@ impl FeatureSet {
     pub const WAIT: FeatureSet = FeatureSet(uapi::AEM_FEATURE_WAIT as u64);
     /// Inline handlers, `aem_return()`, blocking and keep-alive.
     pub const INLINE: FeatureSet = FeatureSet(uapi::AEM_FEATURE_INLINE as u64);
+    /// `aem_thread_area()`: blocking delivery without a system call.
+    pub const THREAD_AREA: FeatureSet = FeatureSet(uapi::AEM_FEATURE_THREAD_AREA as u64);
 
-    const NAMED: [(FeatureSet, &'static str); 4] = [
+    const NAMED: [(FeatureSet, &'static str); 5] = [
         (FeatureSet::QUERY, "QUERY"),
         (FeatureSet::REGISTER, "REGISTER"),
         (FeatureSet::WAIT, "WAIT"),
         (FeatureSet::INLINE, "INLINE"),
+        (FeatureSet::THREAD_AREA, "THREAD_AREA"),
     ];
 
     /// The raw bits, as the kernel reported them (unknown bits included).
@@ -174,6 +177,14 @@ pub fn features() -> Result<Features, Error> {
         features: FeatureSet(raw.features),
         sources: SourceSet(raw.sources),
     })
+}
+
+/// Whether the kernel has AEM at all; no allocation, for the allocator's
+/// critical sections.
+pub(crate) fn kernel_has_aem() -> bool {
+    let mut raw = uapi::aem_features::default();
+    // SAFETY: as in `features`.
+    unsafe { aem_syscalls::aem_query(&mut raw, size_of::<uapi::aem_features>(), 0) }.is_ok()
 }
 
 #[cfg(test)]

@@ -2,16 +2,19 @@
 //! registering thread, like signal handlers, when their event fires.
 //!
 //! A handler interrupts the thread wherever it is, between any two
-//! instructions, so it must not take a lock or touch state the interrupted
-//! code may hold half-changed: until the reentrancy-safe helpers land,
-//! treat it like a signal handler (atomics, system calls).  The kernel
-//! never interrupts a handler with another event of the process, saves and
+//! instructions, so what it shares with the main flow must be guarded:
+//! the main flow keeps handlers out with [`crate::critical_section`], and
+//! the helpers of this crate do so themselves ([`crate::sync::Mutex`],
+//! [`crate::println!`], [`crate::HandlerSafeAlloc`]).  The kernel never
+//! interrupts a handler with another event of the process, saves and
 //! restores every register and the FPU state around it, and this crate
 //! saves and restores `errno`.
 
 use core::arch::global_asm;
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::mem::size_of;
+use core::ptr;
 
 use aem_syscalls::uapi;
 
@@ -60,25 +63,75 @@ unsafe extern "C" {
     fn aem_shim_restorer();
 }
 
+thread_local! {
+    /// The handler running on this thread, or null.
+    static RUNNING: Cell<*mut Handler> = const { Cell::new(ptr::null_mut()) };
+    /// Its registration was dropped while it ran: free it when it returns.
+    static RETIRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling code runs inside an inline handler (on this
+/// thread).
+pub fn in_handler() -> bool {
+    !RUNNING.get().is_null()
+}
+
+/// Mark a function as not safe to call from an inline handler: in debug
+/// builds, calling it from one panics with a message naming `name` (and
+/// the panic aborts the program, as every handler panic does).  Release
+/// builds check nothing.
+///
+/// The crate's own such functions ([`run`], [`crate::wait`]) call it;
+/// programs can mark theirs the same way.
+#[track_caller]
+#[inline]
+pub fn not_handler_safe(name: &str) {
+    if cfg!(debug_assertions) && in_handler() {
+        panic!(
+            "aem: {name} is not handler-safe and was called from an AEM inline handler \
+             (see the aem crate's \"Handler safety\" documentation)"
+        );
+    }
+}
+
 /// The common entry of every inline handler: finds the closure through
-/// the record's cookie, keeps `errno`, and never unwinds into the kernel's
-/// frame.
+/// the record's cookie, keeps `errno`, frees a registration dropped by its
+/// own handler, and never unwinds into the kernel's frame.
 extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c_void) -> i64 {
     // SAFETY: errno is this thread's; reading it has no preconditions.
     let saved_errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a pointer to the record it wrote into the
     // handler's frame, valid for the handler's duration.
     let record = Record::from(unsafe { &*rec });
+    let raw = record.cookie as *mut Handler;
+    RUNNING.set(raw);
     // SAFETY: the cookie is the `Box<Handler>` leaked by `register_inline`,
-    // freed only after the event is unregistered; the kernel never runs two
-    // handlers of a process on one thread at once, and a registration's
-    // handler runs only on its registering thread.
-    let handler = unsafe { &mut *(record.cookie as *mut Handler) };
+    // freed only after the event is unregistered, and not while it runs
+    // (`RETIRED`); the kernel never runs two handlers of a process on one
+    // thread at once, and a registration's handler runs only on its
+    // registering thread.
+    let handler = unsafe { &mut *raw };
     let action = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&record)))
-        .unwrap_or_else(|_| {
-            eprintln!("aem: an inline handler panicked; aborting");
+        .unwrap_or_else(|payload| {
+            // Straight to fd 2: std's stderr may be captured (tests) or in
+            // use by the interrupted code.
+            let why = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            crate::eprintln!(
+                "aem: the inline handler of event {} panicked: {why}; aborting",
+                record.id
+            );
             std::process::abort()
         });
+    RUNNING.set(ptr::null_mut());
+    if RETIRED.replace(false) {
+        // SAFETY: the registration was dropped (and the event unregistered)
+        // while this handler ran; nothing else holds the box.
+        drop(unsafe { Box::from_raw(raw) });
+    }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved_errno };
     action.raw()
@@ -86,8 +139,8 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
 
 /// An event whose handler runs inline; dropping it unregisters the event
 /// and frees the handler.  It stays on the registering thread (it is not
-/// `Send`): the handler runs on that thread, so it cannot be running while
-/// the handle is dropped.
+/// `Send`), where the handler runs.  The handler itself may drop it (say,
+/// from a thread-local table): the closure is then freed when it returns.
 #[derive(Debug)]
 pub struct InlineRegistration {
     id: u32,
@@ -156,16 +209,22 @@ impl Drop for InlineRegistration {
     fn drop(&mut self) {
         // ENOENT: a one-shot event, or one whose handler unregistered it.
         let _ = aem_syscalls::aem_ctl(self.id as i32, uapi::AEM_CTL_UNREGISTER, 0);
+        if RUNNING.get() == self.handler {
+            // Dropped by its own handler: freed when the handler returns.
+            RETIRED.set(true);
+            return;
+        }
         // SAFETY: after unregistration the kernel never runs the handler
-        // again, and handlers run on this registration's thread, so none is
-        // running now unless `drop` is called from the handler itself,
-        // which cannot own the registration.
+        // again, handlers run on this registration's thread, and this one
+        // is not running (checked above).
         drop(unsafe { Box::from_raw(self.handler) });
     }
 }
 
-/// Block inline delivery to the calling thread until [`unblock`];
-/// nestable.  Events arriving meanwhile stay pending.
+/// Block inline delivery to the calling thread until [`unblock`], with a
+/// system call (`AEM_CTL_BLOCK`); nestable.  Events arriving meanwhile stay
+/// pending.  [`crate::critical_section`] does the same without a system
+/// call; the two combine.
 pub fn block() -> Result<(), Error> {
     aem_syscalls::aem_ctl(0, uapi::AEM_CTL_BLOCK, 0)?;
     Ok(())
@@ -180,7 +239,11 @@ pub fn unblock() -> Result<(), Error> {
 /// Keep the process alive for its events: sleep, running inline handlers
 /// as their events fire, until a signal handler runs.  Returns the error
 /// that ended the wait, `Error::Os(EINTR)` after a signal.
+///
+/// Not handler-safe: in a handler it would sleep with every other event of
+/// the thread held back.
 pub fn run() -> Error {
+    not_handler_safe("aem::run");
     // SAFETY: no pointers are passed.
     match unsafe {
         aem_syscalls::aem_wait(

@@ -26,30 +26,59 @@
 //! - [`on_accept`], [`on_read`], [`on_socket_state`]: the socket sources,
 //!   typed: the kernel accepts, reads, or reports TCP state changes, and
 //!   the closure gets an `OwnedFd`, the bytes, or a [`StateChange`].
+//! - [`on_signals`]: signals as events, handled by closures that may do
+//!   what any handler may.
+//! - [`critical_section`], [`critical`]: code handlers must not
+//!   interrupt, blocked through a word shared with the kernel, with no
+//!   system call.
+//! - Helpers handlers and the main flow can share: [`println!`] and
+//!   friends ([`io`]), [`sync::Mutex`], [`HandlerSafeAlloc`].
 //! - [`Error`]: every way an AEM call can fail.
 //!
-//! As the kernel side grows, so does this crate, one module per concern:
-//! critical sections
-//! that defer delivery through the per-thread word (`critical`), and
-//! helpers that are safe to call from handlers and the main flow alike:
-//! output, allocation and locks (`io`, `alloc`, `sync`).
+//! # Handler safety
+//!
+//! An inline handler interrupts its thread between any two instructions,
+//! as a signal handler does; it never interrupts another handler of the
+//! process.  What a handler may call:
+//!
+//! - anything of this crate except [`run`] and [`wait`], which would hold
+//!   back every other event of the thread (in debug builds, calling them
+//!   from a handler panics with a message naming them; mark functions of
+//!   your own the same way with [`not_handler_safe`]);
+//! - data shared with the main flow only behind [`sync::Mutex`], or
+//!   touched by the main flow only inside a [`critical_section`];
+//! - output only through this crate's macros, not `std`'s;
+//! - the heap only when the program's global allocator is
+//!   [`HandlerSafeAlloc`].
+//!
+//! `errno` is saved and restored around every handler.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod alloc;
+mod critical;
 mod error;
 mod event;
 mod features;
 mod inline;
+pub mod io;
+mod signal;
 mod socket;
+pub mod sync;
 
+pub use alloc::HandlerSafeAlloc;
+pub use critical::{critical, critical_depth, critical_section, CriticalSection};
 pub use error::{Errno, Error};
 pub use event::{
     context_fd, register, wait, Clock, EventData, Expiry, FdEvents, Options, Record, Registration,
     Source,
 };
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
-pub use inline::{block, register_inline, run, unblock, Action, InlineRegistration};
+pub use inline::{
+    block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
+};
+pub use signal::{on_signals, Signal, SignalRegistration};
 pub use socket::{
     on_accept, on_read, on_socket_state, AcceptFlags, ReadEvent, StateChange, TcpState,
 };

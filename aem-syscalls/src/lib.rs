@@ -17,7 +17,7 @@ use core::fmt;
 
 pub mod uapi;
 
-pub use uapi::{aem_event_attr, aem_features, aem_record};
+pub use uapi::{aem_event_attr, aem_features, aem_record, aem_thread_area};
 
 /// System call numbers (x86_64), as in the patched `asm/unistd_64.h`.
 pub mod nr {
@@ -33,6 +33,8 @@ pub mod nr {
     /// calls it (`aem-libc-shim` has one in assembly): it never returns to
     /// its caller, so it has no Rust wrapper.
     pub const AEM_RETURN: libc::c_long = crate::uapi::__NR_aem_return as libc::c_long;
+    /// `aem_thread_area(2)`: register the thread's delivery-blocking area.
+    pub const AEM_THREAD_AREA: libc::c_long = crate::uapi::__NR_aem_thread_area as libc::c_long;
 
     // Upstream numbers grow from 463; ours must never meet them.
     const _: () = assert!(AEM_QUERY >= 1000);
@@ -195,6 +197,29 @@ pub unsafe fn aem_wait(
     // SAFETY: the caller guarantees both pointers; the kernel checks the
     // rest of the arguments.
     check(unsafe { libc::syscall(nr::AEM_WAIT, records, max, timeout, flags) }).map(|n| n as u32)
+}
+
+/// `aem_thread_area(area, size, flags)`: register `area` as the calling
+/// thread's delivery-blocking area (flags 0), or unregister it
+/// (`AEM_THREAD_AREA_UNREGISTER`, same `area` and `size`).
+///
+/// # Safety
+///
+/// Registering hands the kernel a pointer it writes to (the `pending`
+/// word) whenever it defers delivery to this thread, until the area is
+/// unregistered, the thread execs or it exits: `area` must stay valid for
+/// reads and writes of `size` bytes, and be used only as an area, for that
+/// whole time.  The kernel checks alignment and that the area is mapped.
+///
+/// See `docs/man/aem_thread_area.2.md`.
+pub unsafe fn aem_thread_area(
+    area: *mut aem_thread_area,
+    size: u32,
+    flags: u32,
+) -> Result<(), Error> {
+    // SAFETY: the caller guarantees the area's validity and lifetime; the
+    // kernel checks the rest.
+    check(unsafe { libc::syscall(nr::AEM_THREAD_AREA, area, size, flags) }).map(|_| ())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub const AEM_FEATURE_QUERY: u32 = 1;
 pub const AEM_FEATURE_REGISTER: u32 = 2;
 pub const AEM_FEATURE_WAIT: u32 = 4;
 pub const AEM_FEATURE_INLINE: u32 = 8;
+pub const AEM_FEATURE_THREAD_AREA: u32 = 16;
 pub const AEM_FEATURES_SIZE_VER0: u32 = 24;
 pub const AEM_EV_ONESHOT: u32 = 1;
 pub const AEM_EV_LEVEL: u32 = 2;
@@ -27,6 +28,9 @@ pub const AEM_CTL_UNREGISTER: u32 = 4;
 pub const AEM_CTL_CONTEXT_FD: u32 = 5;
 pub const AEM_CTL_BLOCK: u32 = 6;
 pub const AEM_CTL_UNBLOCK: u32 = 7;
+pub const AEM_CTL_DELIVER: u32 = 8;
+pub const AEM_THREAD_AREA_SIZE_VER0: u32 = 8;
+pub const AEM_THREAD_AREA_UNREGISTER: u32 = 1;
 pub const AEM_HANDLER_REARM: u32 = 0;
 pub const AEM_HANDLER_DISARM: u32 = 1;
 pub const AEM_HANDLER_UNREGISTER: u32 = 2;
@@ -38,6 +42,7 @@ pub const __NR_aem_register: u32 = 1001;
 pub const __NR_aem_ctl: u32 = 1002;
 pub const __NR_aem_wait: u32 = 1003;
 pub const __NR_aem_return: u32 = 1004;
+pub const __NR_aem_thread_area: u32 = 1005;
 pub type __s32 = ::core::ffi::c_int;
 pub type __u32 = ::core::ffi::c_uint;
 pub type __u64 = ::core::ffi::c_ulonglong;
@@ -162,7 +167,7 @@ const _: () = {
     ["Offset of field: aem_socket_source::flags"]
         [::core::mem::offset_of!(aem_socket_source, flags) - 4usize];
 };
-#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the __inline__ handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @raw:       the union's size; unused bytes must be 0."]
+#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the inline handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @raw:       the union's size; unused bytes must be 0."]
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct aem_event_attr {
@@ -241,6 +246,22 @@ impl Default for aem_event_attr {
         }
     }
 }
+#[doc = " struct aem_thread_area - a thread's delivery-blocking word, shared with\n                          the kernel\n @block:   written by the thread, with plain stores: while it is not 0 the\n           kernel defers inline delivery to the thread.  Only zero or not\n           matters to the kernel; user space uses it as a nesting counter.\n @pending: written by the kernel: set to 1 when it deferred an event\n           because @block was not 0.  When the thread drops @block to 0\n           and finds @pending set, it calls aem_ctl(0, AEM_CTL_DELIVER, 0),\n           which clears @pending and runs what waits.  May be set\n           spuriously; the call is then harmless.\n\n Registered once per thread with aem_thread_area(), in the manner of\n rseq: blocking and unblocking cost two stores and a load, no system\n call unless an event arrived meanwhile.  The kernel reads @block and\n writes @pending only in the thread's own context, on its way back to\n user mode, so the thread never races with it.  It combines with\n AEM_CTL_BLOCK: delivery is deferred while either blocks.\n\n The area must be 8-byte aligned and stay mapped and writable while\n registered.  A thread created with CLONE_VM starts without an area; a\n child of fork() keeps its parent thread's, at the same address in its\n copy of the memory; execve() unregisters it."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_thread_area {
+    pub block: __u32,
+    pub pending: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_thread_area"][::core::mem::size_of::<aem_thread_area>() - 8usize];
+    ["Alignment of aem_thread_area"][::core::mem::align_of::<aem_thread_area>() - 4usize];
+    ["Offset of field: aem_thread_area::block"]
+        [::core::mem::offset_of!(aem_thread_area, block) - 0usize];
+    ["Offset of field: aem_thread_area::pending"]
+        [::core::mem::offset_of!(aem_thread_area, pending) - 4usize];
+};
 #[doc = " struct aem_record - one delivery of a polled event, from aem_wait()\n @id:     the registration's id.\n @source: its AEM_SOURCE_* kind.\n @cookie: aem_event_attr.cookie.\n @count:  activations coalesced into this delivery (at least 1).\n @data:   source data.\n\n   AEM_SOURCE_FD: data[0] the fd, data[1] the ready mask.\n\n   AEM_SOURCE_TIMER: data[0] the expirations (overruns included), data[1] 0.\n\n   AEM_SOURCE_ACCEPT: data[0] the new connection's fd, or -errno; data[1]\n   the listening fd; count 1.  On EMFILE, ENFILE, ENOBUFS or ENOMEM the\n   connection stays in the backlog and the event is disabled until\n   AEM_CTL_ENABLE, once the process has freed what was missing.\n\n   AEM_SOURCE_READ: data[0] the bytes read into the buffer (> 0), 0 at\n   end of file, or -errno; data[1] the buffer's address; count 1.  After\n   end of file or an error the event is disabled.\n\n   AEM_SOURCE_SOCKET_STATE: one TCP state change, oldest first.  data[0]\n   holds the old and the new state (AEM_SOCKET_OLD_STATE(),\n   AEM_SOCKET_NEW_STATE(), TCP_* numbers), data[1] the socket's pending\n   error at that moment as a positive errno (ECONNRESET after a reset), or\n   0.  count is 1, or, if more than AEM_SOCKET_QUEUE changes piled up\n   undelivered, the number of changes this record sums up (old state of\n   the first, new state of the last)."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]

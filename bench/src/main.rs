@@ -14,7 +14,8 @@
 //! - a thread blocked in io_uring_enter() on an IORING_OP_POLL_ADD;
 //! - a thread blocked in aem_wait() (polled AEM).
 //!
-//! `aem-bench perf2` and `aem-bench perf3`: see `scale.rs`.
+//! `aem-bench perf2` and `aem-bench perf3`: see `scale.rs`.  `aem-bench
+//! perf5` (blocking delivery vs a sigprocmask pair): see `blocking.rs`.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -281,6 +282,7 @@ fn io_uring_waiter(efd: &OwnedFd) -> Waiter {
     })
 }
 
+mod blocking;
 mod scale;
 
 fn main() {
@@ -298,8 +300,9 @@ fn main() {
         "perf1" => perf1(),
         "perf2" => scale::perf2(),
         "perf3" => scale::perf3(),
+        "perf5" => blocking::perf5(),
         other => {
-            eprintln!("usage: aem-bench [perf1|perf2|perf3] (not {other:?})");
+            eprintln!("usage: aem-bench [perf1|perf2|perf3|perf5] (not {other:?})");
             std::process::exit(2);
         }
     }

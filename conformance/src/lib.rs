@@ -89,6 +89,18 @@ pub fn page_size() -> usize {
 /// call `nr` fail with `ENOSYS`: the view a program has of a kernel without
 /// that call.  Use it on a thread of its own; the filter cannot be removed.
 pub fn deny_syscall_with_enosys(nr: libc::c_long) -> io::Result<()> {
+    filter_syscalls(&[nr], libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32)
+}
+
+/// Install, on the calling thread only, a seccomp filter that kills the
+/// process (SIGSYS) if the thread makes any of the system calls `nrs`:
+/// proof that a code path makes none of them.  Use it in a child process.
+pub fn kill_on_syscalls(nrs: &[libc::c_long]) -> io::Result<()> {
+    filter_syscalls(nrs, libc::SECCOMP_RET_KILL_PROCESS)
+}
+
+/// A seccomp filter: `action` for the system calls `nrs`, allow the rest.
+fn filter_syscalls(nrs: &[libc::c_long], action: u32) -> io::Result<()> {
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     // Offsets in struct seccomp_data.
     const NR_OFF: u32 = 0;
@@ -111,14 +123,14 @@ pub fn deny_syscall_with_enosys(nr: libc::c_long) -> io::Result<()> {
         jf: 0,
         k,
     };
-    let filter = [
-        ld(ARCH_OFF),
-        jeq(AUDIT_ARCH_X86_64, 0, 3),
-        ld(NR_OFF),
-        jeq(nr as u32, 0, 1),
-        ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-        ret(libc::SECCOMP_RET_ALLOW),
-    ];
+    // arch check; then one compare per call, jumping to the action.
+    let n = nrs.len() as u8;
+    let mut filter = vec![ld(ARCH_OFF), jeq(AUDIT_ARCH_X86_64, 0, n + 1), ld(NR_OFF)];
+    for (i, &nr) in nrs.iter().enumerate() {
+        filter.push(jeq(nr as u32, n - i as u8, 0));
+    }
+    filter.push(ret(libc::SECCOMP_RET_ALLOW));
+    filter.push(ret(action));
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_ptr() as *mut _,
@@ -142,6 +154,34 @@ pub fn deny_syscall_with_enosys(nr: libc::c_long) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Fork; the child runs `f` and exits with its return value (99 if it
+/// panics).  Returns the child's wait status, for [`in_child`] or a check
+/// of how it died.
+pub fn in_child_status(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child runs `f` and leaves with _exit; the tests keep to
+    // what is safe after fork in a process whose other threads are gone.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
+        // SAFETY: _exit ends the child without running the parent's
+        // destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a valid int to fill.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+/// Fork; the child runs `f` and exits with its return value, which this
+/// returns.  Panics if the child died of a signal.
+pub fn in_child(f: impl FnOnce() -> i32) -> i32 {
+    let status = in_child_status(f);
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    libc::WEXITSTATUS(status)
 }
 
 /// A pipe: (read end, write end), both close-on-exec.

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use aem::{Clock, Expiry, Options, Source};
-use aem_conformance::{eventfd, eventfd_add, pipe, proc_row, watch_in};
+use aem_conformance::{eventfd, eventfd_add, in_child, pipe, proc_row, watch_in};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -205,24 +205,6 @@ fn deliv_3_unregister_discards_pending() {
     assert!(aem::wait(8, Some(Duration::from_millis(20)))
         .unwrap()
         .is_empty());
-}
-
-/// Fork; the child runs `f` and exits with its return value.
-fn in_child(f: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child only makes system calls and exits with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
-        // SAFETY: _exit ends the child without running the parent's
-        // destructors.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: `status` is a valid int to fill.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
 }
 
 /// Whether the pipe's read end is still open somewhere: a writer sees

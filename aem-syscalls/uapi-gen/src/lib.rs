@@ -59,4 +59,6 @@ pub fn generate() -> String {
         .generate()
         .expect("bindgen failed on the UAPI headers")
         .to_string()
+        // headers_install spells `inline` as `__inline__`, comments too.
+        .replace("__inline__", "inline")
 }

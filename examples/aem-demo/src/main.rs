@@ -4,7 +4,6 @@
 //!
 //! `make run` boots the guest and runs this program.
 
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
@@ -17,22 +16,19 @@ static ITERATIONS: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
 static PIPE_WRITER: AtomicI32 = AtomicI32::new(-1);
 
-/// Write one line with write(2): a handler may interrupt the main flow
-/// anywhere, even inside stdout's lock, so it must not use println!.
-fn say(args: std::fmt::Arguments<'_>) {
-    let mut buf = [0u8; 160];
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = cur.write_fmt(args);
-    let len = cur.position() as usize;
-    // SAFETY: writes `len` initialized bytes of `buf` to stdout.
-    unsafe { libc::write(1, buf.as_ptr().cast(), len) };
-}
+// Handlers allocate (a lossy string): the allocator must be handler-safe.
+#[global_allocator]
+static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
+
+// A handler may interrupt the main flow anywhere, even inside std's stdout
+// lock: every line goes through aem::println!, which handlers and the main
+// flow can share.
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let f = aem::features()?;
-    println!("aem-demo: AEM ABI version {}", f.abi_version);
-    println!("aem-demo: features {:?}", f.features);
-    println!("aem-demo: event sources {:?}", f.sources);
+    aem::println!("aem-demo: AEM ABI version {}", f.abi_version);
+    aem::println!("aem-demo: features {:?}", f.features);
+    aem::println!("aem-demo: event sources {:?}", f.sources);
 
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
@@ -60,11 +56,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let EventData::Timer { expirations } = rec.data else {
                 return Action::Rearm;
             };
-            say(format_args!(
-                "aem-demo: {:>4} ms  timer handler: tick {n} ({expirations} expiration), main flow at iteration {}\n",
+            aem::println!(
+                "aem-demo: {:>4} ms  timer handler: tick {n} ({expirations} expiration), main flow at iteration {}",
                 start.elapsed().as_millis(),
                 ITERATIONS.load(Relaxed)
-            ));
+            );
             if n == 2 {
                 // Another event, raised from inside this handler: it runs
                 // when this handler returns, never nested in it.
@@ -88,16 +84,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let mut buf = [0u8; 16];
             // SAFETY: reads into a live buffer of its length.
             let n = unsafe { libc::read(reader_fd, buf.as_mut_ptr().cast(), buf.len()) };
-            say(format_args!(
-                "aem-demo: {:>4} ms  pipe handler: read {:?}, main flow at iteration {}\n",
+            aem::println!(
+                "aem-demo: {:>4} ms  pipe handler: read {:?}, main flow at iteration {}",
                 start.elapsed().as_millis(),
                 String::from_utf8_lossy(&buf[..n.max(0) as usize]),
                 ITERATIONS.load(Relaxed)
-            ));
+            );
             Action::Rearm
         },
     )?;
-    println!(
+    aem::println!(
         "aem-demo: timer #{} (every 100 ms) and pipe #{} handled inline; main flow computes",
         timer.id(),
         pipe.id()
@@ -112,11 +108,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         ITERATIONS.fetch_add(1, Relaxed);
     }
-    println!(
+    aem::println!(
         "aem-demo: main flow ran {} iterations meanwhile ({work:#x})",
         ITERATIONS.load(Relaxed)
     );
-    print!("{}", std::fs::read_to_string("/proc/self/aem")?);
+    aem::print!("{}", std::fs::read_to_string("/proc/self/aem")?);
     Ok(())
 }
 
@@ -124,7 +120,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aem-demo: {e}");
+            aem::eprintln!("aem-demo: {e}");
             ExitCode::FAILURE
         }
     }

@@ -9,10 +9,9 @@
 //! another event of the process), and the main flow never touches the
 //! connection table, so the table lives in a thread-local `RefCell`.
 //!
-//! A registration must not be dropped from inside its own handler (that
-//! would free the running closure): a handler that ends its connection
-//! returns `Action::Unregister` and leaves its own handle in `RETIRED`,
-//! dropped by the next handler that runs.
+//! A handler that ends its connection drops the connection's
+//! registrations, its own included: the shim frees a running closure when
+//! it returns.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -78,14 +77,7 @@ thread_local! {
     /// Connections by descriptor number, which the kernel keeps small.
     static CLIENTS: RefCell<Vec<Option<Client>>> = const { RefCell::new(Vec::new()) };
     static OPEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    static RETIRED: RefCell<Vec<InlineRegistration>> = const { RefCell::new(Vec::new()) };
     static MAX_CONNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Drop the handles of registrations whose handlers have returned.
-fn bury_retired() {
-    let retired = RETIRED.with(|r| std::mem::take(&mut *r.borrow_mut()));
-    drop(retired);
 }
 
 /// End a connection from a handler of one of its registrations, `own`.
@@ -94,15 +86,13 @@ fn close(fd: RawFd, own: Option<InlineRegistration>) {
     if client.is_some() {
         OPEN.with(|o| o.set(o.get() - 1));
     }
-    if let Some(own) = own {
-        RETIRED.with(|r| r.borrow_mut().push(own));
-    }
-    // The other registration's handler is not running: drop it now.
+    // Unregistered now; the running handler's closure is freed when it
+    // returns.
+    drop(own);
     drop(client);
 }
 
 fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
-    bury_retired();
     let fd = match conn {
         Ok(fd) => fd,
         Err(e) => {
@@ -145,7 +135,6 @@ fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
 }
 
 fn on_request_bytes(fd: RawFd, ev: ReadEvent<'_>) -> Action {
-    bury_retired();
     let outcome = CLIENTS.with(|c| {
         let mut clients = c.borrow_mut();
         let Some(client) = clients.get_mut(fd as usize).and_then(Option::as_mut) else {
@@ -212,7 +201,6 @@ fn end_from_reader(fd: RawFd) -> Action {
 }
 
 fn on_writable(fd: RawFd) -> Action {
-    bury_retired();
     let outcome = CLIENTS.with(|c| {
         let mut clients = c.borrow_mut();
         match clients.get_mut(fd as usize).and_then(Option::as_mut) {
@@ -235,9 +223,7 @@ fn on_writable(fd: RawFd) -> Action {
                 }
                 client.writer.take()
             });
-            if let Some(own) = own {
-                RETIRED.with(|r| r.borrow_mut().push(own));
-            }
+            drop(own);
             Action::Unregister
         }
         Flushed::Failed => {

@@ -1,0 +1,176 @@
+//! Output that handlers and the main flow can share.
+//!
+//! `std`'s `println!` is not handler-safe: a handler that prints while it
+//! interrupted a `println!` of its own thread finds standard output's
+//! buffer borrowed, and panics, or splices its line into the middle of the
+//! other.  [`crate::println!`] and its siblings format into a buffer on the
+//! stack and write it with `write(2)` while they hold a process-wide
+//! [`Mutex`], which defers the thread's events: lines from handlers, the
+//! main flow and other threads never mix, and nothing can deadlock.
+//!
+//! They write straight to the file descriptor, unbuffered, so mixing them
+//! with `std`'s buffered macros on the same stream may reorder lines
+//! (never split them).  Errors are ignored, as a handler could not act on
+//! them; use [`write_fmt`] to see them.
+
+use core::fmt::{self, Write as _};
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::sync::Mutex;
+
+/// Serializes the macros' output across threads, and, being a [`Mutex`],
+/// defers the writing thread's events.
+static OUTPUT: Mutex<()> = Mutex::new(());
+
+/// Stack buffer size: a line longer than this goes out in several writes,
+/// still under the lock.  Small enough for an alternate signal stack.
+const CHUNK: usize = 1024;
+
+struct FdWriter {
+    fd: RawFd,
+    buf: [u8; CHUNK],
+    len: usize,
+    error: Option<io::Error>,
+}
+
+impl FdWriter {
+    fn flush(&mut self) {
+        let mut done = 0;
+        while done < self.len && self.error.is_none() {
+            let rest = &self.buf[done..self.len];
+            // SAFETY: `rest` is a live, initialised byte slice.
+            let n = unsafe { libc::write(self.fd, rest.as_ptr().cast(), rest.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.error = Some(e);
+                }
+            } else {
+                done += n as usize;
+            }
+        }
+        self.len = 0;
+    }
+}
+
+impl fmt::Write for FdWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Bytes, not chars: a chunk may end inside a UTF-8 sequence, whose
+        // rest follows in the next write.
+        let mut bytes = s.as_bytes();
+        while !bytes.is_empty() {
+            if self.len == CHUNK {
+                self.flush();
+            }
+            let take = bytes.len().min(CHUNK - self.len);
+            self.buf[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+            self.len += take;
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+}
+
+/// Format `args` and write them to `fd` as one unit: no other output of
+/// this module (from any thread or handler) comes in between.
+/// Handler-safe.
+pub fn write_fmt(fd: RawFd, args: fmt::Arguments<'_>) -> io::Result<()> {
+    let _lock = OUTPUT.lock();
+    let mut w = FdWriter {
+        fd,
+        buf: [0; CHUNK],
+        len: 0,
+        error: None,
+    };
+    if w.write_fmt(args).is_err() {
+        return Err(io::Error::other("a Display implementation failed"));
+    }
+    w.flush();
+    w.error.map_or(Ok(()), Err)
+}
+
+#[doc(hidden)]
+pub fn _print(fd: RawFd, args: fmt::Arguments<'_>) {
+    let _ = write_fmt(fd, args);
+}
+
+/// `print!` that handlers and the main flow can share (see [`crate::io`]).
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::io::_print(1, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `println!` that handlers and the main flow can share: each line is
+/// written whole, never mixed with another (see [`crate::io`]).
+#[macro_export]
+macro_rules! println {
+    () => {
+        $crate::io::_print(1, ::core::format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::io::_print(1, ::core::format_args!("{}\n", ::core::format_args!($($arg)*)))
+    };
+}
+
+/// `eprint!` that handlers and the main flow can share.
+#[macro_export]
+macro_rules! eprint {
+    ($($arg:tt)*) => {
+        $crate::io::_print(2, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that handlers and the main flow can share.
+#[macro_export]
+macro_rules! eprintln {
+    () => {
+        $crate::io::_print(2, ::core::format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::io::_print(2, ::core::format_args!("{}\n", ::core::format_args!($($arg)*)))
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe() returned two new descriptors we own.
+        unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    #[test]
+    fn long_output_is_written_whole() {
+        let (mut r, w) = pipe();
+        let line = "x".repeat(3 * CHUNK + 17);
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).unwrap();
+            s
+        });
+        write_fmt(w.as_raw_fd(), format_args!("{line}\n")).unwrap();
+        drop(w);
+        assert_eq!(reader.join().unwrap(), format!("{line}\n"));
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        let e = write_fmt(-1, format_args!("x")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+}

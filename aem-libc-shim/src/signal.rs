@@ -1,0 +1,114 @@
+//! Signals as events: a signal handler in closure form, run inline like
+//! any other event, so it may do anything a handler may (print, allocate,
+//! lock) instead of what async-signal-safety allows.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use crate::event::{FdEvents, Options, Source};
+use crate::inline::{register_inline, Action, InlineRegistration};
+use crate::{Errno, Error};
+
+/// A signal number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(pub i32);
+
+impl Signal {
+    /// `SIGHUP`
+    pub const HUP: Signal = Signal(libc::SIGHUP);
+    /// `SIGINT`
+    pub const INT: Signal = Signal(libc::SIGINT);
+    /// `SIGTERM`
+    pub const TERM: Signal = Signal(libc::SIGTERM);
+    /// `SIGUSR1`
+    pub const USR1: Signal = Signal(libc::SIGUSR1);
+    /// `SIGUSR2`
+    pub const USR2: Signal = Signal(libc::SIGUSR2);
+    /// `SIGCHLD`
+    pub const CHLD: Signal = Signal(libc::SIGCHLD);
+}
+
+/// Signals delivered as events (see [`on_signals`]); dropping it stops
+/// the delivery.  The signals stay blocked.
+#[derive(Debug)]
+pub struct SignalRegistration {
+    // Unregistered before the descriptor closes.
+    _event: InlineRegistration,
+    _fd: OwnedFd,
+}
+
+fn last_error() -> Error {
+    Error::Os(Errno(
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+    ))
+}
+
+/// Receive `signals` as events: `handler` runs inline on the calling
+/// thread, once per signal received, with its number.
+///
+/// The signals are blocked in the calling thread and read from a
+/// `signalfd(2)`: call this before creating threads (which inherit the
+/// mask), or block the signals in every thread, so that no thread takes a
+/// process-directed signal the ordinary way.
+pub fn on_signals<F>(
+    signals: &[Signal],
+    options: Options,
+    mut handler: F,
+) -> Result<SignalRegistration, Error>
+where
+    F: FnMut(Signal) -> Action + Send + 'static,
+{
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in signals {
+        // SAFETY: as above; an invalid number fails with EINVAL.
+        if unsafe { libc::sigaddset(&mut set, s.0) } != 0 {
+            return Err(Error::Os(Errno(libc::EINVAL)));
+        }
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, core::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(Error::Os(Errno(rc)));
+    }
+    // SAFETY: `set` is initialised; -1 asks for a new descriptor.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = fd.as_raw_fd();
+    let event = register_inline(
+        Source::Fd {
+            fd: fd.as_fd(),
+            events: FdEvents::IN,
+        },
+        options,
+        move |_| {
+            let mut action = Action::Rearm;
+            loop {
+                // SAFETY: signalfd_siginfo is plain data.
+                let mut info: libc::signalfd_siginfo = unsafe { core::mem::zeroed() };
+                let size = core::mem::size_of_val(&info);
+                // SAFETY: reads one record into a live buffer of its size,
+                // from the descriptor the registration keeps open.
+                let n = unsafe {
+                    libc::read(raw, (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+                };
+                if n != size as isize {
+                    return action;
+                }
+                action = handler(Signal(info.ssi_signo as i32));
+                if action != Action::Rearm {
+                    return action;
+                }
+            }
+        },
+    )?;
+    Ok(SignalRegistration {
+        _event: event,
+        _fd: fd,
+    })
+}

@@ -1,0 +1,96 @@
+//! SHIM-5 on the host: properties of the shim's own logic, which hold
+//! with or without an AEM kernel (on a kernel without AEM, critical
+//! sections only count).  The delivery state machine itself is checked
+//! against the real kernel by the conformance suite (`tests/model.rs`).
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use aem::{EventData, FdEvents, TcpState};
+use aem_syscalls::uapi;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Guards opened and closed in any order: the depth is always the
+    /// number of guards alive, and the thread ends unblocked.
+    #[test]
+    fn sections_closed_in_any_order_keep_the_depth(
+        steps in proptest::collection::vec((any::<bool>(), any::<usize>()), 0..200)
+    ) {
+        let mut open = Vec::new();
+        for (push, at) in steps {
+            if push || open.is_empty() {
+                open.push(aem::critical_section());
+            } else {
+                drop(open.remove(at % open.len()));
+            }
+            prop_assert_eq!(aem::critical_depth() as usize, open.len());
+        }
+        drop(open);
+        prop_assert_eq!(aem::critical_depth(), 0);
+    }
+
+    /// Any text, of any length, goes out whole and unchanged.
+    #[test]
+    fn output_is_written_whole(text in ".{0,3000}", times in 1usize..4) {
+        let mut fds = [0; 2];
+        // SAFETY: room for the two descriptors.
+        prop_assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe() returned two new descriptors we own.
+        let (mut r, w) = unsafe {
+            (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1]))
+        };
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).unwrap();
+            s
+        });
+        for _ in 0..times {
+            aem::io::write_fmt(w.as_raw_fd(), format_args!("{text}\n")).unwrap();
+        }
+        drop(w);
+        prop_assert_eq!(reader.join().unwrap(), format!("{text}\n").repeat(times));
+    }
+
+    /// Records decode to their source's typed data, errors included.
+    #[test]
+    fn records_decode_by_source(source in 1u32..12, d0 in any::<u64>(), d1 in any::<u64>(),
+                                count in 1u64..1000, id in any::<u32>(), cookie in any::<u64>()) {
+        let raw = uapi::aem_record { id, source, cookie, count, data: [d0, d1] };
+        let rec = aem::Record::from(&raw);
+        prop_assert_eq!((rec.id, rec.cookie, rec.count), (id, cookie, count));
+        let as_result = |w: u64| if (w as i64) < 0 { Err(-(w as i64) as i32) } else { Ok(w) };
+        match rec.data {
+            EventData::Fd { fd, ready } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_FD);
+                prop_assert_eq!((fd, ready), (d0 as i32, FdEvents(d1 as u32)));
+            }
+            EventData::Timer { expirations } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_TIMER);
+                prop_assert_eq!(expirations, d0);
+            }
+            EventData::Accept { listener, conn } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_ACCEPT);
+                prop_assert_eq!(listener, d1 as i32);
+                prop_assert_eq!(conn.map(|fd| fd as u64 & 0xffff_ffff).map_err(|e| e.raw()),
+                                as_result(d0).map(|v| v & 0xffff_ffff));
+            }
+            EventData::Read { result } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_READ);
+                prop_assert_eq!(result.map(|n| n as u64).map_err(|e| e.raw()), as_result(d0));
+            }
+            EventData::SocketState(change) => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_SOCKET_STATE);
+                prop_assert_eq!(change.old, TcpState::from((d0 & 0xff) as u8));
+                prop_assert_eq!(change.new, TcpState::from(((d0 >> 8) & 0xff) as u8));
+                prop_assert_eq!(change.count, count);
+            }
+            EventData::Other { source: s, data } => {
+                prop_assert_eq!((s, data), (source, [d0, d1]));
+                prop_assert!(![1, 2, 3, 4, 5].contains(&source), "source {} not decoded", source);
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! SHIM-1: the example programs written with the safe `aem` API alone
+//! (`examples/echo-server`, `examples/periodic-timer`), run as they ship,
+//! from the guest's PATH (the rootfs).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aem_conformance::{proc_aem, ProcAemRow};
+
+/// Wait up to `limit` for `child`; kill it and fail past that.
+fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `aem-echo-server` on an ephemeral port; killed if a test
+/// fails before [`EchoServer::stop`].
+struct EchoServer {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    addr: String,
+}
+
+impl EchoServer {
+    fn start() -> EchoServer {
+        let mut child = Command::new("aem-echo-server")
+            .args(["--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("aem-echo-server");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line
+            .trim_end()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("aem-echo-server said {line:?}"))
+            .to_string();
+        EchoServer { child, out, addr }
+    }
+
+    /// Its registrations, as `/proc/<pid>/aem` lists them.
+    fn registrations(&self) -> Vec<ProcAemRow> {
+        proc_aem(&self.child.id().to_string())
+    }
+
+    /// SIGTERM it; it must exit 0 with its totals as its last line, which
+    /// is returned.
+    fn stop(&mut self) -> String {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child.
+        let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(killed, 0, "kill: {}", std::io::Error::last_os_error());
+        let status = wait_within(&mut self.child, Duration::from_secs(30), "aem-echo-server");
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).unwrap();
+        assert!(status.success(), "aem-echo-server: {status}; said {rest:?}");
+        rest.lines().last().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Message sizes each client sends, in order: small, odd, around the
+/// server's 16 KiB read buffer, and one of 1 MiB.
+const SIZES: [usize; 7] = [1, 7, 1000, 16 * 1024, 16 * 1024 + 1, 1 << 20, 4321];
+
+/// Bytes of message `m` of client `c`: distinct per client and message.
+fn message(c: usize, m: usize, len: usize) -> Vec<u8> {
+    let mut x = (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (m as u64 + 1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// One client: each message round-trips, written from a second thread
+/// while this one reads (the echo of 1 MiB does not fit in socket buffers).
+fn echo_client(addr: &str, c: usize) -> u64 {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("client {c}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut sent = 0;
+    for (m, &len) in SIZES.iter().enumerate() {
+        let msg = message(c, m, len);
+        let mut echo = vec![0u8; len];
+        std::thread::scope(|s| {
+            let (mut w, mut r) = (&stream, &stream);
+            let msg = &msg;
+            let writer = s.spawn(move || w.write_all(msg));
+            r.read_exact(&mut echo)
+                .unwrap_or_else(|e| panic!("client {c}, message {m} ({len} bytes): {e}"));
+            writer.join().unwrap().unwrap();
+        });
+        assert!(
+            echo == msg,
+            "client {c}, message {m} ({len} bytes): the echo differs at byte {:?}",
+            echo.iter().zip(&msg).position(|(a, b)| a != b)
+        );
+        sent += len as u64;
+    }
+    // Nothing more comes back once we stop sending.
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    (&stream).read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "client {c}: {} unexpected bytes",
+        rest.len()
+    );
+    sent
+}
+
+#[test]
+fn shim_1_echo_server_example_echoes_every_client() {
+    const CLIENTS: usize = 20;
+    let mut server = EchoServer::start();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || echo_client(&addr, c))
+        })
+        .collect();
+    let total: u64 = clients.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(
+        server.stop(),
+        format!("served {CLIENTS} connections, {total} bytes")
+    );
+}
+
+/// Wait up to ten seconds for `done`.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < end, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn shim_1_echo_server_example_waits_for_a_client_that_does_not_read() {
+    const LEN: usize = 8 << 20;
+    let mut server = EchoServer::start();
+    let stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let msg = message(99, 0, LEN);
+    let mut echo = vec![0u8; LEN];
+    std::thread::scope(|s| {
+        let (mut w, mut r) = (&stream, &stream);
+        let msg = &msg;
+        let writer = s.spawn(move || w.write_all(msg));
+        // We do not read yet: the echo fills the server's socket, so the
+        // server waits for room (a level fd registration at the default
+        // priority; the signalfd's is at 99) and stops reading.
+        eventually("the server waiting for room", || {
+            let rows = server.registrations();
+            rows.iter().any(|r| r.source == "fd" && r.prio == 0)
+                && rows
+                    .iter()
+                    .any(|r| r.source == "read" && r.state == "disabled")
+        });
+        r.read_exact(&mut echo).unwrap();
+        writer.join().unwrap().unwrap();
+    });
+    assert!(
+        echo == msg,
+        "the echo differs at byte {:?}",
+        echo.iter().zip(&msg).position(|(a, b)| a != b)
+    );
+    // All echoed: the writer dropped itself, the reader reads again.
+    eventually("the server reading again", || {
+        let rows = server.registrations();
+        !rows.iter().any(|r| r.source == "fd" && r.prio == 0)
+            && rows
+                .iter()
+                .any(|r| r.source == "read" && r.state == "enabled")
+    });
+    drop(stream);
+    // The connection's end unregisters its reader.
+    eventually("the connection closed", || {
+        !server.registrations().iter().any(|r| r.source == "read")
+    });
+    assert_eq!(server.stop(), format!("served 1 connections, {LEN} bytes"));
+}
+
+/// One line of `aem-periodic-timer`.
+#[derive(Debug, PartialEq, Eq)]
+enum TimerLine {
+    Tick { i: u64, expirations: u64 },
+    Main(u64),
+    Done { ticks: u64, expirations: u64 },
+}
+
+fn number(s: &str) -> Option<u64> {
+    // Digits only: no sign, no spaces, nothing spliced in.
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+fn parse_timer_line(line: &str) -> Option<TimerLine> {
+    if let Some(rest) = line.strip_prefix("tick ") {
+        let (i, exp) = rest.split_once(" expirations=")?;
+        return Some(TimerLine::Tick {
+            i: number(i)?,
+            expirations: number(exp)?,
+        });
+    }
+    if let Some(rest) = line.strip_prefix("main ") {
+        return Some(TimerLine::Main(number(rest)?));
+    }
+    let rest = line.strip_prefix("done ticks=")?;
+    let (ticks, exp) = rest.split_once(" expirations=")?;
+    Some(TimerLine::Done {
+        ticks: number(ticks)?,
+        expirations: number(exp)?,
+    })
+}
+
+#[test]
+fn shim_1_periodic_timer_example_ticks_then_exits() {
+    const TICKS: u64 = 10;
+    let mut child = Command::new("aem-periodic-timer")
+        .args(["--period-ms", "20", "--ticks", &TICKS.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aem-periodic-timer");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let status = wait_within(&mut child, Duration::from_secs(60), "aem-periodic-timer");
+    let text = reader.join().unwrap().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "{status}; stdout {text:?}, stderr {err:?}"
+    );
+    assert!(text.ends_with('\n'), "unterminated last line: {text:?}");
+
+    let lines: Vec<TimerLine> = text
+        .lines()
+        .map(|l| parse_timer_line(l).unwrap_or_else(|| panic!("malformed line {l:?} in {text:?}")))
+        .collect();
+    let (last, body) = lines.split_last().expect("no output");
+    let &TimerLine::Done { ticks, expirations } = last else {
+        panic!("last line {last:?}, not done=...: {text:?}");
+    };
+    let mut tick_lines = 0;
+    let mut sum = 0;
+    let mut mains = 0;
+    for line in body {
+        match *line {
+            TimerLine::Tick { i, expirations } => {
+                tick_lines += 1;
+                assert_eq!(i, tick_lines, "ticks out of order: {text:?}");
+                assert!(expirations >= 1, "a tick with no expiration: {text:?}");
+                sum += expirations;
+            }
+            TimerLine::Main(j) => {
+                mains += 1;
+                assert_eq!(j, mains, "main lines out of order: {text:?}");
+            }
+            TimerLine::Done { .. } => panic!("done before the end: {text:?}"),
+        }
+    }
+    assert_eq!(ticks, tick_lines, "done counts other ticks: {text:?}");
+    assert_eq!(expirations, sum, "done sums other expirations: {text:?}");
+    assert!(expirations >= TICKS, "ended early: {text:?}");
+    // The last tick is the one that reached the target.
+    assert!(
+        sum - expirations_of_last_tick(body) < TICKS,
+        "ran on: {text:?}"
+    );
+    assert!(mains > 0, "the main flow did nothing: {text:?}");
+}
+
+fn expirations_of_last_tick(lines: &[TimerLine]) -> u64 {
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| match *l {
+            TimerLine::Tick { expirations, .. } => Some(expirations),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn shim_1_timer_lines_are_parsed_strictly() {
+    assert_eq!(
+        parse_timer_line("tick 3 expirations=2"),
+        Some(TimerLine::Tick {
+            i: 3,
+            expirations: 2
+        })
+    );
+    assert_eq!(parse_timer_line("main 12"), Some(TimerLine::Main(12)));
+    assert_eq!(
+        parse_timer_line("done ticks=9 expirations=10"),
+        Some(TimerLine::Done {
+            ticks: 9,
+            expirations: 10
+        })
+    );
+    for bad in [
+        "tick 3 expirations=2main 4",
+        "main 1tick 2 expirations=1",
+        "tick  expirations=1",
+        "main -1",
+        "",
+    ] {
+        assert_eq!(parse_timer_line(bad), None, "{bad:?}");
+    }
+}

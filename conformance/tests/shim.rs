@@ -1,0 +1,409 @@
+//! SHIM-1 to SHIM-4, and DELIV-4 through the shim: critical sections on
+//! the shared word, and the helpers handlers and the main flow share --
+//! output, allocation, a mutex, errno -- against the real kernel.
+//!
+//! This test binary allocates through the shim's handler-safe allocator,
+//! as a program whose handlers allocate must.
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aem::{Action, FdEvents, Options, Record, Source};
+use aem_conformance::{
+    eventfd, eventfd_add, in_child, in_child_status, kill_on_syscalls, proc_row,
+};
+
+#[global_allocator]
+static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
+
+fn readable(fd: &OwnedFd) -> Source<'_> {
+    Source::Fd {
+        fd: fd.as_fd(),
+        events: FdEvents::IN,
+    }
+}
+
+/// An inline handler on `efd` counting runs and activations.
+fn counted(efd: &OwnedFd) -> (aem::InlineRegistration, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let runs = Arc::new(AtomicU64::new(0));
+    let activations = Arc::new(AtomicU64::new(0));
+    let (r, a) = (runs.clone(), activations.clone());
+    let reg = aem::register_inline(readable(efd), Options::default(), move |rec| {
+        r.fetch_add(1, SeqCst);
+        a.fetch_add(rec.count, SeqCst);
+        Action::Rearm
+    })
+    .unwrap();
+    (reg, runs, activations)
+}
+
+#[test]
+fn shim_2_event_in_a_critical_section_runs_right_after_it_exactly_once() {
+    let efd = eventfd();
+    let (reg, runs, activations) = counted(&efd);
+    {
+        let _section = aem::critical_section();
+        eventfd_add(&efd, 1);
+        eventfd_add(&efd, 1);
+        // A sleep, a file read: system calls do not let it in either.
+        std::thread::sleep(Duration::from_millis(20));
+        let row = proc_row(reg.id()).unwrap();
+        assert_eq!((row.pending, row.deliveries), (2, 0));
+        assert_eq!(runs.load(SeqCst), 0, "ran inside the section");
+    }
+    assert_eq!(runs.load(SeqCst), 1, "did not run as the section closed");
+    assert_eq!(activations.load(SeqCst), 2);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(runs.load(SeqCst), 1, "ran more than once");
+    let row = proc_row(reg.id()).unwrap();
+    assert_eq!((row.pending, row.deliveries), (0, 1));
+}
+
+#[test]
+fn shim_2_nested_sections_deliver_when_the_outermost_closes() {
+    let efd = eventfd();
+    let (_reg, runs, _) = counted(&efd);
+    let outer = aem::critical_section();
+    aem::critical(|| {
+        assert_eq!(aem::critical_depth(), 2);
+        eventfd_add(&efd, 1);
+    });
+    assert_eq!(aem::critical_depth(), 1);
+    assert_eq!(runs.load(SeqCst), 0, "an inner section's end delivered");
+    drop(outer);
+    assert_eq!(runs.load(SeqCst), 1);
+    // Guards may close in any order; the depth still counts them.
+    let a = aem::critical_section();
+    let b = aem::critical_section();
+    eventfd_add(&efd, 1);
+    drop(a);
+    assert_eq!(runs.load(SeqCst), 1);
+    drop(b);
+    assert_eq!(runs.load(SeqCst), 2);
+}
+
+#[test]
+fn shim_2_sections_combine_with_the_system_call_block() {
+    let efd = eventfd();
+    let (_reg, runs, _) = counted(&efd);
+    aem::block().unwrap();
+    aem::critical(|| eventfd_add(&efd, 1));
+    assert_eq!(runs.load(SeqCst), 0, "AEM_CTL_BLOCK still holds");
+    aem::unblock().unwrap();
+    assert_eq!(runs.load(SeqCst), 1);
+}
+
+#[test]
+fn shim_2_sections_make_no_system_call_unless_an_event_waits() {
+    let nrs = [aem_syscalls::nr::AEM_CTL, aem_syscalls::nr::AEM_THREAD_AREA];
+    // 100,000 sections with no event: no AEM call, or SIGSYS kills.
+    let status = in_child_status(|| {
+        drop(aem::critical_section()); // the thread's one registration
+        kill_on_syscalls(&nrs).unwrap();
+        for i in 0..100_000u64 {
+            let _section = aem::critical_section();
+            std::hint::black_box(i);
+        }
+        0
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "a section made an AEM system call (status {status:#x})"
+    );
+    // The control: a section an event waited in makes the call.
+    let efd = eventfd();
+    let status = in_child_status(|| {
+        let (_reg, _, _) = counted(&efd);
+        let section = aem::critical_section();
+        kill_on_syscalls(&nrs).unwrap();
+        eventfd_add(&efd, 1);
+        drop(section);
+        0
+    });
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+        "closing a section with an event waiting made no call (status {status:#x})"
+    );
+}
+
+#[test]
+fn deliv_4_leaked_section_keeps_events_pending_in_proc() {
+    let code = in_child(|| {
+        let efd = eventfd();
+        let (reg, runs, _) = counted(&efd);
+        std::mem::forget(aem::critical_section());
+        for _ in 0..5 {
+            eventfd_add(&efd, 1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let row = proc_row(reg.id()).unwrap();
+        i32::from(runs.load(SeqCst) != 0) | i32::from(row.pending != 5) << 1
+    });
+    assert_eq!(code, 0, "failure bits: 1 delivered, 2 not pending in /proc");
+}
+
+thread_local! {
+    static SELF_DROPPING: std::cell::RefCell<Option<aem::InlineRegistration>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn shim_1_registration_dropped_by_its_own_handler_is_freed_after_it() {
+    let efd = eventfd();
+    let state = Arc::new(AtomicU64::new(0));
+    let s = state.clone();
+    let reg = aem::register_inline(readable(&efd), Options::default(), move |_| {
+        s.fetch_add(1, SeqCst);
+        // Unregisters the event; the closure -- running now -- must live
+        // until it returns.
+        drop(SELF_DROPPING.with(|r| r.borrow_mut().take()));
+        s.fetch_add(1, SeqCst);
+        Action::Rearm
+    })
+    .unwrap();
+    let id = reg.id();
+    aem::critical(|| SELF_DROPPING.with(|r| *r.borrow_mut() = Some(reg)));
+    assert_eq!(Arc::strong_count(&state), 2);
+    eventfd_add(&efd, 1);
+    assert_eq!(state.load(SeqCst), 2, "the handler ran to its end");
+    assert_eq!(Arc::strong_count(&state), 1, "the closure was not freed");
+    assert!(proc_row(id).is_none(), "the event is still registered");
+    eventfd_add(&efd, 1);
+    assert_eq!(state.load(SeqCst), 2);
+}
+
+#[test]
+fn shim_3_errno_is_the_same_after_a_handler() {
+    let efd = eventfd();
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = seen.clone();
+    let _reg = aem::register_inline(readable(&efd), Options::default(), move |_| {
+        // A failing call sets errno inside the handler.
+        // SAFETY: close(-1) only fails.
+        unsafe { libc::close(-1) };
+        // SAFETY: this thread's errno.
+        s.store(unsafe { *libc::__errno_location() } as u64, SeqCst);
+        Action::Rearm
+    })
+    .unwrap();
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: this thread's errno.
+    unsafe { *libc::__errno_location() = 4242 };
+    // SAFETY: an 8-byte write to a live eventfd; it succeeds, so it leaves
+    // errno alone, and the handler runs on its way back.
+    let n = unsafe { libc::write(efd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    // SAFETY: this thread's errno.
+    let errno = unsafe { *libc::__errno_location() };
+    assert_eq!(n, 8);
+    assert_eq!(
+        seen.load(SeqCst),
+        libc::EBADF as u64,
+        "the handler did not run"
+    );
+    assert_eq!(errno, 4242, "the handler's errno leaked into the main flow");
+}
+
+static SHARED: aem::sync::Mutex<Vec<u64>> = aem::sync::Mutex::new(Vec::new());
+
+#[test]
+fn shim_3_mutex_held_by_the_main_flow_defers_its_handlers() {
+    let efd = eventfd();
+    let _reg = aem::register_inline(readable(&efd), Options::default(), |rec: &Record| {
+        SHARED.lock().push(rec.count);
+        Action::Rearm
+    })
+    .unwrap();
+    {
+        let mut v = SHARED.lock();
+        v.clear();
+        // With an ordinary lock the handler would wait here for ever.
+        eventfd_add(&efd, 1);
+        assert!(v.is_empty(), "the handler ran while the lock was held");
+        v.push(100);
+    }
+    assert_eq!(
+        *SHARED.lock(),
+        vec![100, 1],
+        "the handler ran after the release"
+    );
+}
+
+#[test]
+fn shim_4_not_handler_safe_helper_in_a_handler_is_caught_by_name() {
+    let (r, w) = aem_conformance::pipe();
+    let efd = eventfd();
+    let status = in_child_status(|| {
+        // SAFETY: stderr becomes the pipe's write end.
+        unsafe { libc::dup2(w.as_raw_fd(), 2) };
+        // libtest captures std's panic output: send it to the pipe.
+        std::panic::set_hook(Box::new(|info| aem::eprintln!("{info}")));
+        let _reg = aem::register_inline(readable(&efd), Options::default(), |_| {
+            let _ = aem::wait(1, Some(Duration::ZERO));
+            Action::Rearm
+        })
+        .unwrap();
+        eventfd_add(&efd, 1);
+        0
+    });
+    drop(w);
+    let mut err = String::new();
+    std::fs::File::from(r).read_to_string(&mut err).unwrap();
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "status {status:#x}, stderr {err:?}"
+    );
+    assert!(
+        err.contains("aem::wait is not handler-safe"),
+        "the message does not name the helper: {err:?}"
+    );
+    // From the main flow it is fine.
+    assert!(aem::wait(1, Some(Duration::ZERO)).unwrap().is_empty());
+}
+
+/// Shared by the stress test's handler and main flow.
+#[derive(Default)]
+struct Tally {
+    handler_runs: u64,
+    activations: u64,
+    main_rounds: u64,
+}
+
+static TALLY: aem::sync::Mutex<Tally> = aem::sync::Mutex::new(Tally {
+    handler_runs: 0,
+    activations: 0,
+    main_rounds: 0,
+});
+
+/// A line that shows whether it arrived whole: its payload repeats one
+/// letter `len` times, and it ends with the length again.
+fn line(who: &str, n: u64) -> String {
+    let len = (n % 97) as usize + 1;
+    let letter = (b'a' + (n % 26) as u8) as char;
+    format!("{who} {n} {} {len}", letter.to_string().repeat(len))
+}
+
+fn line_is_whole(l: &str) -> bool {
+    let mut f = l.split(' ');
+    match (f.next(), f.next().and_then(|n| n.parse::<u64>().ok())) {
+        (Some(who @ ("handler" | "main")), Some(n)) => l == line(who, n),
+        _ => false,
+    }
+}
+
+#[test]
+fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events() {
+    const EVENTS: u64 = 100_000;
+    let (r, w) = aem_conformance::pipe();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        out
+    });
+    let status = in_child_status(|| {
+        // SAFETY: stdout becomes the pipe's write end.
+        unsafe { libc::dup2(w.as_raw_fd(), 1) };
+        let efd = eventfd();
+        let _reg = aem::register_inline(readable(&efd), Options::default(), |rec| {
+            let n = {
+                let mut t = TALLY.lock();
+                t.handler_runs += 1;
+                t.activations += rec.count;
+                t.handler_runs
+            };
+            // Allocates (the line, the Vec) and prints, inside the handler.
+            let words: Vec<String> = vec![line("handler", n)];
+            aem::println!("{}", words[0]);
+            Action::Rearm
+        })
+        .unwrap();
+        // Another thread fires the events while this one works: they
+        // interrupt the main flow anywhere.
+        // SAFETY: dup of a live descriptor; the thread owns the copy.
+        let efd2 = unsafe { OwnedFd::from_raw_fd(libc::dup(efd.as_raw_fd())) };
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let firer = std::thread::spawn(move || {
+            for _ in 0..EVENTS {
+                eventfd_add(&efd2, 1);
+            }
+            d.store(true, SeqCst);
+        });
+        let mut i = 0u64;
+        while !done.load(SeqCst) || i < 1000 {
+            i += 1;
+            let s = line("main", i);
+            aem::println!("{s}");
+            let mut t = TALLY.lock();
+            t.main_rounds += 1;
+        }
+        firer.join().unwrap();
+        // Every activation has kicked this thread; a return from the
+        // kernel lets the last ones in.
+        std::thread::sleep(Duration::from_millis(10));
+        let t = TALLY.lock();
+        aem::println!(
+            "total handler_runs={} activations={} main_rounds={}",
+            t.handler_runs,
+            t.activations,
+            t.main_rounds
+        );
+        0
+    });
+    drop(w);
+    let out = reader.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+    let mut lines: Vec<&str> = out.lines().collect();
+    let total = lines.pop().expect("no output");
+    let kv: Vec<u64> = total
+        .split(' ')
+        .skip(1)
+        .map(|f| f.split('=').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let (handler_runs, activations, main_rounds) = (kv[0], kv[1], kv[2]);
+    assert_eq!(activations, EVENTS, "activations lost or invented");
+    let broken: Vec<&&str> = lines.iter().filter(|l| !line_is_whole(l)).take(5).collect();
+    assert!(broken.is_empty(), "broken lines: {broken:?}");
+    let handler_lines = lines.iter().filter(|l| l.starts_with("handler ")).count() as u64;
+    let main_lines = lines.iter().filter(|l| l.starts_with("main ")).count() as u64;
+    assert_eq!(handler_lines, handler_runs);
+    assert_eq!(main_lines, main_rounds);
+    assert!(handler_runs > 1, "the events were never interleaved");
+}
+
+#[test]
+fn shim_1_signals_arrive_as_events_with_their_numbers() {
+    let got = Arc::new(aem::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    let reg = aem::on_signals(
+        &[aem::Signal::USR1, aem::Signal::USR2],
+        Options::default(),
+        move |sig| {
+            // What a signal handler may not do: lock, allocate.
+            g.lock().push(sig);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    // SAFETY: raise(3) to this thread; the signals are blocked and read
+    // from the registration's signalfd, so no signal handler runs.
+    unsafe {
+        libc::raise(libc::SIGUSR2);
+        libc::raise(libc::SIGUSR1);
+    }
+    std::thread::sleep(Duration::from_millis(10));
+    let mut got_now = got.lock().clone();
+    got_now.sort_by_key(|s| s.0);
+    assert_eq!(got_now, vec![aem::Signal::USR1, aem::Signal::USR2]);
+    drop(reg);
+    // Bad input: not a signal number.
+    assert_eq!(
+        aem::on_signals(&[aem::Signal(4096)], Options::default(), |_| Action::Rearm).unwrap_err(),
+        aem::Error::Os(aem::Errno(libc::EINVAL))
+    );
+}
