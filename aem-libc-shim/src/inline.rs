@@ -140,7 +140,10 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
 /// An event whose handler runs inline; dropping it unregisters the event
 /// and frees the handler.  It stays on the registering thread (it is not
 /// `Send`), where the handler runs.  The handler itself may drop it (say,
-/// from a thread-local table): the closure is then freed when it returns.
+/// from a thread-local table): the event is unregistered at once, the
+/// closure -- and what it owns, such as an `on_read` buffer the handler
+/// is looking at -- is freed when the handler returns, and the handler's
+/// [`Action`] is then moot.
 #[derive(Debug)]
 pub struct InlineRegistration {
     id: u32,
