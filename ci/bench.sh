@@ -17,6 +17,9 @@
 #   PERF-5  blocking/unblocking delivery: a critical section through the
 #           thread-area word vs a sigprocmask pair (aem-bench perf5),
 #           both lenses; aim: 50x cheaper, judged in the icount lens
+#   PERF-6  event -> handler latency with two CPU hogs per CPU: boosted
+#           AEM handler vs unboosted vs a SCHED_FIFO epoll thread
+#           (aem-bench perf6), both lenses
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +71,8 @@ AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf1
 echo
 AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf5
 echo
+AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf6
+echo
 perf4 env AEM_ACCEL=tcg
 echo
 echo "== icount lens (-icount shift=0,sleep=off, -smp 1)"
@@ -78,5 +83,7 @@ echo
 icount qemu/guest.sh --file "$bench" aem-bench perf3
 echo
 icount qemu/guest.sh --file "$bench" aem-bench perf5
+echo
+icount qemu/guest.sh --file "$bench" aem-bench perf6
 echo
 perf4 icount

@@ -129,7 +129,10 @@ pub enum Source<'fd> {
 /// How an event is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Options {
-    /// 0 (lowest) to 99; higher priorities are delivered first.
+    /// 0 (lowest) to 99; higher priorities are delivered first.  An inline
+    /// event also boosts the thread that runs its handler: within the
+    /// fair class below 50, in the real-time band from 50 (which needs
+    /// `CAP_SYS_NICE` or `RLIMIT_RTPRIO`, else `EPERM`).
     pub priority: u8,
     /// Unregister after the first delivery.
     pub oneshot: bool,
@@ -142,6 +145,8 @@ pub struct Options {
     /// Inline handlers only: run on the thread's alternate signal stack
     /// (`sigaltstack(2)`) when it has one.
     pub onstack: bool,
+    /// Inline handlers only: do not boost the thread that runs it.
+    pub noboost: bool,
     /// Returned with every record.
     pub cookie: u64,
 }
@@ -169,6 +174,7 @@ pub(crate) fn attr_base(options: Options) -> uapi::aem_event_attr {
         (options.dispatch, uapi::AEM_EV_DISPATCH),
         (options.disabled, uapi::AEM_EV_DISABLED),
         (options.onstack, uapi::AEM_EV_ONSTACK),
+        (options.noboost, uapi::AEM_EV_NOBOOST),
     ];
     attr.flags = flags
         .iter()

@@ -283,6 +283,7 @@ fn io_uring_waiter(efd: &OwnedFd) -> Waiter {
 }
 
 mod blocking;
+mod contention;
 mod scale;
 
 fn main() {
@@ -301,8 +302,9 @@ fn main() {
         "perf2" => scale::perf2(),
         "perf3" => scale::perf3(),
         "perf5" => blocking::perf5(),
+        "perf6" => contention::perf6(),
         other => {
-            eprintln!("usage: aem-bench [perf1|perf2|perf3|perf5] (not {other:?})");
+            eprintln!("usage: aem-bench [perf1|perf2|perf3|perf5|perf6] (not {other:?})");
             std::process::exit(2);
         }
     }

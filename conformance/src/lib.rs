@@ -233,7 +233,7 @@ pub struct ProcAemRow {
     pub prio: u32,
     /// Flags, comma-separated, or "-".
     pub flags: String,
-    /// "enabled" or "disabled".
+    /// "enabled", "disabled", or "shed" (load shedding).
     pub state: String,
     /// Activations since registration.
     pub activations: u64,
@@ -333,5 +333,92 @@ impl MemoryCgroup {
         stat.lines()
             .find_map(|l| l.strip_prefix("slab ")?.trim().parse().ok())
             .expect("slab in memory.stat")
+    }
+}
+
+/// tracefs, mounted on first use, with the aem events enabled and the
+/// buffer cleared.
+pub fn start_aem_tracing() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from("/sys/kernel/tracing");
+    if !dir.join("events").exists() {
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        // SAFETY: plain mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                c("tracefs").as_ptr(),
+                c("/sys/kernel/tracing").as_ptr(),
+                c("tracefs").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tracefs: {}", std::io::Error::last_os_error());
+    }
+    std::fs::write(dir.join("trace"), "").unwrap();
+    std::fs::write(dir.join("events/aem/enable"), "1").expect("the aem trace events");
+    dir
+}
+
+/// Disable the aem trace events and return the trace.
+pub fn stop_aem_tracing(dir: &std::path::Path) -> String {
+    std::fs::write(dir.join("events/aem/enable"), "0").unwrap();
+    std::fs::read_to_string(dir.join("trace")).unwrap()
+}
+
+/// Counters shared across `fork()`: an anonymous shared mapping of
+/// 64-bit words.  Copies name the same words; the mapping is never
+/// unmapped (a test's worth of memory).
+#[derive(Clone, Copy, Debug)]
+pub struct SharedWords {
+    words: *const std::sync::atomic::AtomicU64,
+    len: usize,
+}
+
+// SAFETY: the words are atomics in a mapping that is never unmapped.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// `len` zeroed words.
+    pub fn new(len: usize) -> SharedWords {
+        // SAFETY: a fresh anonymous shared mapping; zero-filled.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len * 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+        SharedWords {
+            words: p.cast(),
+            len,
+        }
+    }
+
+    fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < self.len);
+        // SAFETY: in bounds of the live mapping.
+        unsafe { &*self.words.add(i) }
+    }
+
+    /// Word `i`.
+    pub fn get(&self, i: usize) -> u64 {
+        self.word(i).load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Set word `i`.
+    pub fn set(&self, i: usize, v: u64) {
+        self.word(i).store(v, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Add `n` to word `i`, returning its old value.
+    pub fn fetch_add(&self, i: usize, n: u64) -> u64 {
+        self.word(i)
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst)
     }
 }

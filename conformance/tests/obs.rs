@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use aem::{Clock, Expiry, Options, Source};
-use aem_conformance::{eventfd, eventfd_add, proc_aem, proc_row, watch_in};
+use aem_conformance::{
+    eventfd, eventfd_add, proc_aem, proc_row, start_aem_tracing, stop_aem_tracing, watch_in,
+};
 
 #[test]
 fn obs_1_proc_lists_registrations_with_counters() {
@@ -88,44 +90,16 @@ fn obs_1_other_process_reads_our_registrations() {
     );
 }
 
-/// tracefs, mounted on first use, with the aem events enabled and the
-/// buffer cleared.
-fn start_tracing() -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from("/sys/kernel/tracing");
-    if !dir.join("events").exists() {
-        let c = |s: &str| std::ffi::CString::new(s).unwrap();
-        // SAFETY: plain mount(2) with valid C strings.
-        let rc = unsafe {
-            libc::mount(
-                c("tracefs").as_ptr(),
-                c("/sys/kernel/tracing").as_ptr(),
-                c("tracefs").as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "mount tracefs: {}", std::io::Error::last_os_error());
-    }
-    std::fs::write(dir.join("trace"), "").unwrap();
-    std::fs::write(dir.join("events/aem/enable"), "1").expect("the aem trace events");
-    dir
-}
-
-fn stop_tracing(dir: &std::path::Path) -> String {
-    std::fs::write(dir.join("events/aem/enable"), "0").unwrap();
-    std::fs::read_to_string(dir.join("trace")).unwrap()
-}
-
 #[test]
 fn obs_2_tracepoints_follow_an_event_from_registration_to_unregistration() {
-    let dir = start_tracing();
+    let dir = start_aem_tracing();
     let efd = eventfd();
     let reg = watch_in(&efd, Options::default()).unwrap();
     let id = reg.id();
     eventfd_add(&efd, 1);
     assert_eq!(aem::wait(4, Some(Duration::from_secs(1))).unwrap().len(), 1);
     drop(reg);
-    let trace = stop_tracing(&dir);
+    let trace = stop_aem_tracing(&dir);
     let find = |what: &str| {
         trace
             .lines()
@@ -151,7 +125,7 @@ fn obs_2_tracepoints_follow_an_event_from_registration_to_unregistration() {
 
 #[test]
 fn obs_2_inline_delivery_is_traced_as_inline() {
-    let dir = start_tracing();
+    let dir = start_aem_tracing();
     let efd = eventfd();
     let reg = aem::register_inline(
         Source::Fd {
@@ -169,7 +143,7 @@ fn obs_2_inline_delivery_is_traced_as_inline() {
     eventfd_add(&efd, 1);
     // The handler runs on the way back from this system call at the latest.
     std::thread::sleep(Duration::from_millis(10));
-    let trace = stop_tracing(&dir);
+    let trace = stop_aem_tracing(&dir);
     assert!(
         trace.contains(&format!("aem_deliver: id={id} source=1 count=1 inline")),
         "{trace}"

@@ -1,0 +1,537 @@
+//! SCHED-1 to SCHED-4: the boost of the task that runs an inline handler,
+//! observed from the task itself (`/proc/thread-self/stat`'s priority,
+//! the `aem:aem_boost` tracepoint), against the real scheduler.
+//!
+//! The priority field of `stat` is the effective priority minus 100: 20
+//! for a nice-0 fair task, -1 - rt_priority for a real-time one.  An AEM
+//! priority P of the real-time band (50 and up) shows as rt_priority
+//! P - 49, that is -(P - 48).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aem::{Action, FdEvents, Options, Source};
+use aem_conformance::{eventfd, eventfd_add, in_child, start_aem_tracing, stop_aem_tracing};
+
+/// The calling thread's effective priority as `stat` shows it.
+fn stat_priority() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields after the command name, which ends with the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(15).unwrap().parse().unwrap()
+}
+
+/// What `sched_getscheduler` and `getpriority` report.
+fn policy_and_nice() -> (i32, i32) {
+    // SAFETY: plain queries of the calling thread.
+    unsafe {
+        (
+            libc::sched_getscheduler(0),
+            libc::getpriority(libc::PRIO_PROCESS, 0),
+        )
+    }
+}
+
+fn rt_band_priority(aem_prio: u8) -> i64 {
+    -(i64::from(aem_prio) - 48)
+}
+
+/// An inline handler on `efd` that records the thread's priority, policy
+/// and nice value as it runs.
+fn recording(efd: &OwnedFd, priority: u8) -> (aem::InlineRegistration, Arc<[AtomicI64; 3]>) {
+    let seen = Arc::new([
+        AtomicI64::new(i64::MIN),
+        AtomicI64::new(0),
+        AtomicI64::new(0),
+    ]);
+    let s = seen.clone();
+    let reg = aem::register_inline(
+        Source::Fd {
+            fd: efd.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options {
+            priority,
+            ..Options::default()
+        },
+        move |_| {
+            let (policy, nice) = policy_and_nice();
+            s[0].store(stat_priority(), SeqCst);
+            s[1].store(i64::from(policy), SeqCst);
+            s[2].store(i64::from(nice), SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    (reg, seen)
+}
+
+#[test]
+fn sched_1_rt_band_boost_shows_while_the_handler_runs_and_is_gone_after() {
+    let before = stat_priority();
+    let (policy, nice) = policy_and_nice();
+    let efd = eventfd();
+    let (_reg, seen) = recording(&efd, 60);
+    eventfd_add(&efd, 1);
+    assert_eq!(
+        seen[0].load(SeqCst),
+        rt_band_priority(60),
+        "not boosted in the handler"
+    );
+    assert_eq!(
+        seen[1].load(SeqCst),
+        i64::from(policy),
+        "the policy changed"
+    );
+    assert_eq!(
+        seen[2].load(SeqCst),
+        i64::from(nice),
+        "the nice value changed"
+    );
+    assert_eq!(stat_priority(), before, "the boost outlived the handler");
+    assert_eq!(policy_and_nice(), (policy, nice));
+}
+
+#[test]
+fn sched_1_fair_band_boost_is_traced_and_leaves_the_priority_alone() {
+    let before = stat_priority();
+    let dir = start_aem_tracing();
+    let efd = eventfd();
+    let (_reg, seen) = recording(&efd, 30);
+    eventfd_add(&efd, 1);
+    let trace = stop_aem_tracing(&dir);
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    assert_eq!(
+        seen[0].load(SeqCst),
+        before,
+        "the fair band changed the priority"
+    );
+    let raised = trace
+        .lines()
+        .position(|l| l.contains(&format!("aem_boost: pid={tid} aem_prio=30 ")))
+        .unwrap_or_else(|| panic!("no boost in the trace:\n{trace}"));
+    let dropped = trace
+        .lines()
+        .position(|l| l.contains(&format!("aem_boost: pid={tid} aem_prio=-1 ")))
+        .unwrap_or_else(|| panic!("no end of boost in the trace:\n{trace}"));
+    assert!(raised < dropped, "{trace}");
+}
+
+#[test]
+fn sched_2_pending_events_boost_to_their_maximum_then_step_down() {
+    let before = stat_priority();
+    let low = eventfd();
+    let high = eventfd();
+    let (_l, seen_low) = recording(&low, 55);
+    let (_h, seen_high) = recording(&high, 70);
+    {
+        let _section = aem::critical_section();
+        eventfd_add(&low, 1);
+        assert_eq!(stat_priority(), rt_band_priority(55));
+        eventfd_add(&high, 1);
+        // Blocked, the thread already runs at the highest pending boost.
+        assert_eq!(stat_priority(), rt_band_priority(70));
+    }
+    // The 70 ran first at its boost; the 55 after, at its own.
+    assert_eq!(seen_high[0].load(SeqCst), rt_band_priority(70));
+    assert_eq!(seen_low[0].load(SeqCst), rt_band_priority(55));
+    assert_eq!(stat_priority(), before, "the thread is not as before");
+}
+
+/// Set `kernel.aem_boost_max_us` for the life of the guard.
+struct BoostBudget(String);
+
+impl BoostBudget {
+    fn set(us: u64) -> BoostBudget {
+        let path = "/proc/sys/kernel/aem_boost_max_us";
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, us.to_string()).unwrap();
+        BoostBudget(old)
+    }
+}
+
+impl Drop for BoostBudget {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/aem_boost_max_us", self.0.trim());
+    }
+}
+
+#[test]
+fn sched_2_a_long_handler_loses_its_boost_after_the_budget() {
+    let _budget = BoostBudget::set(20_000);
+    let before = stat_priority();
+    let efd = eventfd();
+    let first = Arc::new(AtomicI64::new(0));
+    let last = Arc::new(AtomicI64::new(0));
+    let (f, l) = (first.clone(), last.clone());
+    let _reg = aem::register_inline(
+        Source::Fd {
+            fd: efd.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options {
+            priority: 80,
+            ..Options::default()
+        },
+        move |_| {
+            f.store(stat_priority(), SeqCst);
+            // Far more CPU than the budget; the boost decays on a tick.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(300) {
+                std::hint::black_box(0);
+            }
+            l.store(stat_priority(), SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    eventfd_add(&efd, 1);
+    assert_eq!(first.load(SeqCst), rt_band_priority(80));
+    assert_eq!(last.load(SeqCst), before, "the boost did not decay");
+    // The next event is boosted again.
+    let again = Arc::new(AtomicI64::new(0));
+    let (efd2, a) = (eventfd(), again.clone());
+    let _reg2 = aem::register_inline(
+        Source::Fd {
+            fd: efd2.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options {
+            priority: 80,
+            ..Options::default()
+        },
+        move |_| {
+            a.store(stat_priority(), SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    eventfd_add(&efd2, 1);
+    assert_eq!(again.load(SeqCst), rt_band_priority(80));
+}
+
+/// Drop every capability and set RLIMIT_RTPRIO, for the rest of the
+/// (child) process.
+fn unprivileged(rtprio_limit: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: rtprio_limit,
+        rlim_max: rtprio_limit,
+    };
+    // SAFETY: setrlimit with a valid struct; setresuid to nobody drops
+    // the capabilities of a root process.
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_RTPRIO, &lim), 0);
+        assert_eq!(libc::setresuid(65534, 65534, 65534), 0);
+    }
+}
+
+#[test]
+fn sched_3_rt_band_needs_cap_sys_nice_or_rlimit_rtprio() {
+    let efd = eventfd();
+    let code = in_child(|| {
+        unprivileged(5);
+        let reg = |priority: u8, noboost: bool| {
+            aem::register_inline(
+                Source::Fd {
+                    fd: efd.as_fd(),
+                    events: FdEvents::IN,
+                },
+                Options {
+                    priority,
+                    noboost,
+                    ..Options::default()
+                },
+                |_| Action::Rearm,
+            )
+        };
+        let eperm = aem::Error::Os(aem::Errno(libc::EPERM));
+        let mut fails = 0;
+        if reg(49, false).is_err() {
+            fails |= 1; // the fair band is for everyone
+        }
+        if reg(54, false).is_err() {
+            fails |= 2; // rt_priority 5: within RLIMIT_RTPRIO
+        }
+        if reg(55, false).err() != Some(eperm) {
+            fails |= 4;
+        }
+        if reg(99, true).is_err() {
+            fails |= 8; // no boost, no privilege needed
+        }
+        // Raising a fair-band event into the real-time band.
+        match reg(10, false) {
+            Ok(r) => {
+                let set = aem_syscalls::aem_ctl(
+                    r.id() as i32,
+                    aem_syscalls::uapi::AEM_CTL_SET_PRIORITY,
+                    90,
+                );
+                if set != Err(aem_syscalls::Error::Os(aem_syscalls::Errno(libc::EPERM))) {
+                    fails |= 16;
+                }
+            }
+            Err(_) => fails |= 16,
+        }
+        fails
+    });
+    assert_eq!(
+        code, 0,
+        "failure bits: 1 fair, 2 rlimit, 4 EPERM, 8 noboost, 16 set-priority"
+    );
+}
+
+/// Pin the calling thread to CPU 0.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// CPU time of the calling process, in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
+    // A busy task and an unprivileged process flooding itself with
+    // fair-band events whose handlers burn CPU, on one CPU: the busy
+    // task keeps about its fair half (at least 40%, documented bound).
+    pin_to_cpu0();
+    // SAFETY: fork; the child only spins and exits with _exit.
+    let hog = unsafe { libc::fork() };
+    if hog == 0 {
+        pin_to_cpu0();
+        let start = Instant::now();
+        let cpu0 = process_cpu_ns();
+        while start.elapsed() < Duration::from_secs(2) {
+            std::hint::black_box(0);
+        }
+        let used = process_cpu_ns() - cpu0;
+        // Percent of the wall time this task got.
+        let pct = used * 100 / start.elapsed().as_nanos() as u64;
+        // SAFETY: leave the child at once.
+        unsafe { libc::_exit(pct as i32) };
+    }
+    let flood = in_child(|| {
+        pin_to_cpu0();
+        unprivileged(0);
+        let efd = eventfd();
+        let _reg = aem::register_inline(
+            Source::Fd {
+                fd: efd.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options {
+                priority: 49,
+                ..Options::default()
+            },
+            |_| {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_micros(500) {
+                    std::hint::black_box(0);
+                }
+                Action::Rearm
+            },
+        )
+        .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            eventfd_add(&efd, 1);
+        }
+        0
+    });
+    assert_eq!(flood, 0);
+    let mut status = 0;
+    // SAFETY: our child.
+    assert_eq!(unsafe { libc::waitpid(hog, &mut status, 0) }, hog);
+    let pct = libc::WEXITSTATUS(status);
+    assert!(
+        pct >= 40,
+        "the busy task got {pct}% of the CPU against the flood"
+    );
+}
+
+#[test]
+fn sched_4_higher_priority_handler_runs_first_across_processes() {
+    // Two processes on CPU 0 wait for their events (AEM priorities 60 and
+    // 80); this thread, SCHED_FIFO 90 on the same CPU, fires the low one
+    // first, then the high one, then sleeps: the CPU goes to the highest
+    // boost first.
+    let order = aem_conformance::SharedWords::new(4);
+    let (low, high) = (eventfd(), eventfd());
+    let mut pids = Vec::new();
+    for (slot, (efd, prio)) in [(&low, 60u8), (&high, 80u8)].into_iter().enumerate() {
+        let words = order;
+        // SAFETY: fork; the child waits for its event and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            pin_to_cpu0();
+            let _reg = aem::register_inline(
+                Source::Fd {
+                    fd: efd.as_fd(),
+                    events: FdEvents::IN,
+                },
+                Options {
+                    priority: prio,
+                    ..Options::default()
+                },
+                move |_| {
+                    // Take a ticket: the order handlers ran in.
+                    words.set(slot + 1, words.fetch_add(0, 1) + 1);
+                    Action::Unregister
+                },
+            )
+            .unwrap();
+            words.fetch_add(3, 1); // ready
+            let _ = aem::run();
+            // SAFETY: leave the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        pids.push(pid);
+    }
+    while order.get(3) < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: SCHED_FIFO for this thread only, undone below.
+    unsafe {
+        pin_to_cpu0();
+        let p = libc::sched_param { sched_priority: 90 };
+        assert_eq!(libc::sched_setscheduler(0, libc::SCHED_FIFO, &p), 0);
+    }
+    eventfd_add(&low, 1);
+    eventfd_add(&high, 1);
+    // SAFETY: back to SCHED_OTHER; this lets the CPU go.
+    unsafe {
+        let p = libc::sched_param { sched_priority: 0 };
+        assert_eq!(libc::sched_setscheduler(0, libc::SCHED_OTHER, &p), 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while order.get(0) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for pid in pids {
+        // SAFETY: our children, parked in aem::run().
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    assert_eq!(
+        (order.get(2), order.get(1)),
+        (1, 2),
+        "the 80 handler must run first, then the 60"
+    );
+}
+
+/// Set `kernel.aem_overload` and `kernel.aem_shed_below`; the guard ends
+/// the overload and restores the threshold.
+struct Overload(String);
+
+impl Overload {
+    fn declare(shed_below: u32) -> Overload {
+        let below = "/proc/sys/kernel/aem_shed_below";
+        let old = std::fs::read_to_string(below).unwrap();
+        std::fs::write(below, shed_below.to_string()).unwrap();
+        std::fs::write("/proc/sys/kernel/aem_overload", "1").unwrap();
+        Overload(old)
+    }
+
+    fn end(&self) {
+        std::fs::write("/proc/sys/kernel/aem_overload", "0").unwrap();
+    }
+}
+
+impl Drop for Overload {
+    fn drop(&mut self) {
+        self.end();
+        let _ = std::fs::write("/proc/sys/kernel/aem_shed_below", self.0.trim());
+    }
+}
+
+#[test]
+fn sched_5_shed_events_wait_counted_and_visible_then_run_when_overload_ends() {
+    let (low, high, polled_fd) = (eventfd(), eventfd(), eventfd());
+    let (low_reg, low_seen) = recording(&low, 5);
+    let (_high_reg, high_seen) = recording(&high, 30);
+    let low_count = Arc::new(AtomicI64::new(0));
+    let lc = low_count.clone();
+    let counting = aem::register_inline(
+        Source::Fd {
+            fd: low.as_fd(),
+            events: FdEvents::IN,
+        },
+        Options {
+            priority: 5,
+            ..Options::default()
+        },
+        move |rec| {
+            lc.fetch_add(rec.count as i64, SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    let polled = aem_conformance::watch_in(
+        &polled_fd,
+        Options {
+            priority: 1,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+
+    let overload = Overload::declare(20);
+    for _ in 0..3 {
+        eventfd_add(&low, 1);
+        eventfd_add(&high, 1);
+        eventfd_add(&polled_fd, 1);
+    }
+    // Above the threshold: handled as usual.
+    assert_ne!(
+        high_seen[0].load(SeqCst),
+        i64::MIN,
+        "the priority-30 event was shed"
+    );
+    // Below it: held, counted, shown.
+    assert_eq!(
+        low_seen[0].load(SeqCst),
+        i64::MIN,
+        "a priority-5 handler ran"
+    );
+    assert!(aem::wait(1, Some(Duration::from_millis(20)))
+        .unwrap()
+        .is_empty());
+    for id in [low_reg.id(), counting.id(), polled.id()] {
+        let row = aem_conformance::proc_row(id).unwrap();
+        assert_eq!((row.state.as_str(), row.pending), ("shed", 3), "event {id}");
+    }
+    overload.end();
+    // Run on the way back from ending it, with exact counts.
+    assert_ne!(
+        low_seen[0].load(SeqCst),
+        i64::MIN,
+        "not run after the overload"
+    );
+    assert_eq!(low_count.load(SeqCst), 3);
+    let records = aem::wait(4, Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].count, 3);
+    let row = aem_conformance::proc_row(counting.id()).unwrap();
+    assert_eq!((row.state.as_str(), row.pending), ("enabled", 0));
+}
