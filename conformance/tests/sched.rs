@@ -141,6 +141,27 @@ fn sched_2_pending_events_boost_to_their_maximum_then_step_down() {
     assert_eq!(stat_priority(), before, "the thread is not as before");
 }
 
+#[test]
+fn sched_2_raising_a_pending_event_raises_the_boost() {
+    let before = stat_priority();
+    let efd = eventfd();
+    let (reg, seen) = recording(&efd, 52);
+    {
+        let _section = aem::critical_section();
+        eventfd_add(&efd, 1);
+        assert_eq!(stat_priority(), rt_band_priority(52));
+        aem_syscalls::aem_ctl(
+            reg.id() as i32,
+            aem_syscalls::uapi::AEM_CTL_SET_PRIORITY,
+            75,
+        )
+        .unwrap();
+        assert_eq!(stat_priority(), rt_band_priority(75));
+    }
+    assert_eq!(seen[0].load(SeqCst), rt_band_priority(75));
+    assert_eq!(stat_priority(), before);
+}
+
 /// Set `kernel.aem_boost_max_us` for the life of the guard.
 struct BoostBudget(String);
 
