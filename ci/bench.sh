@@ -64,6 +64,39 @@ perf4() {
 		}'
 }
 
+# PERF-6's reference: cyclictest (Debian rt-tests, `make deps`) on CPU 0
+# with two hogs per CPU, in a guest whose initramfs adds it and the
+# libraries it links (the guest has no C library of its own).  Prints the
+# same columns as aem-bench perf6, from cyclictest's microsecond histogram.
+cyclictest_rootfs=build/rootfs-cyclictest.cpio.gz
+overlay=build/cyclictest-overlay
+rm -rf "$overlay"
+mkdir -p "$overlay/usr/bin"
+cp /usr/bin/cyclictest "$overlay/usr/bin/"
+for lib in $(ldd /usr/bin/cyclictest | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+	mkdir -p "$overlay$(dirname "$lib")"
+	cp -L "$lib" "$overlay$lib"
+done
+rootfs/build.sh "$cyclictest_rootfs" --overlay "$overlay" >/dev/null
+cyclictest_row() {
+	AEM_ROOTFS=$cyclictest_rootfs "$@" qemu/guest.sh -- '
+		for c in $(seq 0 $(($(nproc) - 1))); do
+			for k in 1 2; do taskset -c $c sh -c "while :; do :; done" & done
+		done
+		cyclictest -q -m -p 90 -t 1 -a 0 -i 1000 -l 300 -h 20000' |
+	awk '
+		/^[0-9]+ +[0-9]+/ { n = $2 + 0; if (n) { h[$1 + 0] = n; total += n } }
+		/^# Max Latencies/ { max = $4 + 0 }
+		END {
+			for (us = 0; us <= 20000; us++) {
+				cum += h[us]
+				if (!p50 && cum * 2 >= total) p50 = us
+				if (!p99 && cum * 100 >= total * 99) p99 = us
+			}
+			printf "%-8s %-44s %9d %9d %10d\n", "ref", "cyclictest, SCHED_FIFO 90 timer (us x 1000)", p50 * 1000, p99 * 1000, max * 1000
+		}'
+}
+
 echo "kernel $(qemu/guest.sh uname -r), $(date -u +%Y-%m-%d)"
 echo
 echo "== wall-clock lens (TCG, -smp 2)"
@@ -72,6 +105,7 @@ echo
 AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf5
 echo
 AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf6
+cyclictest_row env AEM_ACCEL=tcg
 echo
 perf4 env AEM_ACCEL=tcg
 echo
@@ -85,5 +119,6 @@ echo
 icount qemu/guest.sh --file "$bench" aem-bench perf5
 echo
 icount qemu/guest.sh --file "$bench" aem-bench perf6
+cyclictest_row icount
 echo
 perf4 icount

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
 	build-essential bc flex bison libelf-dev libssl-dev cpio rsync
 	busybox-static qemu-system-x86 libclang-dev clang ccache git xz-utils
-	python3 perl python3-ply python3-git
+	python3 perl python3-ply python3-git rt-tests
 )
 
 missing=()
