@@ -130,9 +130,9 @@ pub enum Source<'fd> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Options {
     /// 0 (lowest) to 99; higher priorities are delivered first.  An inline
-    /// event also boosts the thread that runs its handler: within the
-    /// fair class below 50, in the real-time band from 50 (which needs
-    /// `CAP_SYS_NICE` or `RLIMIT_RTPRIO`, else `EPERM`).
+    /// event of priority 1 or more also boosts the thread that runs its
+    /// handler: within the fair class below 50, in the real-time band from
+    /// 50 (which needs `CAP_SYS_NICE` or `RLIMIT_RTPRIO`, else `EPERM`).
     pub priority: u8,
     /// Unregister after the first delivery.
     pub oneshot: bool,

@@ -98,10 +98,20 @@ fn sched_1_rt_band_boost_shows_while_the_handler_runs_and_is_gone_after() {
 fn sched_1_fair_band_boost_is_traced_and_leaves_the_priority_alone() {
     let before = stat_priority();
     let dir = start_aem_tracing();
+    // Priority 0, the default, does not boost at all.
+    let plain = eventfd();
+    let (_plain_reg, plain_seen) = recording(&plain, 0);
+    eventfd_add(&plain, 1);
     let efd = eventfd();
     let (_reg, seen) = recording(&efd, 30);
     eventfd_add(&efd, 1);
     let trace = stop_aem_tracing(&dir);
+    assert_eq!(plain_seen[0].load(SeqCst), before);
+    let boosts = trace.lines().filter(|l| l.contains("aem_boost: ")).count();
+    assert_eq!(
+        boosts, 2,
+        "one boost and its end, for the priority-30 event:\n{trace}"
+    );
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     assert_eq!(
