@@ -132,6 +132,9 @@ fn sched_1_fair_band_boost_is_traced_and_leaves_the_priority_alone() {
 
 #[test]
 fn sched_2_pending_events_boost_to_their_maximum_then_step_down() {
+    // Time boosted in the section must not run out the decay budget (the
+    // debug kernel is slow); decay has its own test.
+    let _budget = BoostBudget::set(1_000_000);
     let before = stat_priority();
     let low = eventfd();
     let high = eventfd();
@@ -153,6 +156,7 @@ fn sched_2_pending_events_boost_to_their_maximum_then_step_down() {
 
 #[test]
 fn sched_2_raising_a_pending_event_raises_the_boost() {
+    let _budget = BoostBudget::set(1_000_000);
     let before = stat_priority();
     let efd = eventfd();
     let (reg, seen) = recording(&efd, 52);
