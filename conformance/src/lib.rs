@@ -243,7 +243,8 @@ pub struct ProcAemRow {
     pub pending: u64,
 }
 
-/// Parse `/proc/<pid>/aem` (`pid` "self" for the caller).
+/// Parse the registrations of `/proc/<pid>/aem` (`pid` "self" for the
+/// caller); the comment lines (`#`, the limits) are skipped.
 pub fn proc_aem(pid: &str) -> Vec<ProcAemRow> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/aem")).expect("read /proc/pid/aem");
     let mut lines = text.lines();
@@ -252,6 +253,7 @@ pub fn proc_aem(pid: &str) -> Vec<ProcAemRow> {
         Some("id\tsource\tprio\tflags\tstate\tactivations\tdeliveries\tpending")
     );
     lines
+        .filter(|l| !l.starts_with('#'))
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
             assert_eq!(f.len(), 8, "bad /proc/pid/aem line: {l:?}");

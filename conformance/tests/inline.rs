@@ -453,3 +453,132 @@ fn deliv_2_ten_thousand_timer_activations_while_blocked_all_accounted() {
         EXPIRATIONS.load(SeqCst)
     );
 }
+
+// An rseq critical section for the rseq test: spins `iters` times inside
+// the section.  Returns 1 when it completed, 0 when the kernel aborted it
+// (to the abort handler, preceded by glibc's RSEQ_SIG).
+std::arch::global_asm!(
+    ".pushsection .data.aem_rseq_cs, \"aw\"",
+    ".balign 32",
+    "aem_rseq_cs:",
+    ".long 0, 0",
+    ".quad aem_rseq_start",
+    ".quad aem_rseq_end - aem_rseq_start",
+    ".quad aem_rseq_abort",
+    ".popsection",
+    ".pushsection .text.aem_rseq_spin, \"ax\"",
+    ".globl aem_rseq_spin",
+    ".type aem_rseq_spin, @function",
+    "aem_rseq_spin:",
+    "lea rax, [rip + aem_rseq_cs]",
+    "mov qword ptr [rdi + 8], rax",
+    "aem_rseq_start:",
+    "dec rsi",
+    "jnz aem_rseq_start",
+    "aem_rseq_end:",
+    "mov qword ptr [rdi + 8], 0",
+    "mov eax, 1",
+    "ret",
+    ".long 0x53053053",
+    "aem_rseq_abort:",
+    "xor eax, eax",
+    "ret",
+    ".size aem_rseq_spin, . - aem_rseq_spin",
+    ".popsection",
+    // Spins `iters` times with the direction flag set.
+    ".pushsection .text.aem_df_spin, \"ax\"",
+    ".globl aem_df_spin",
+    ".type aem_df_spin, @function",
+    "aem_df_spin:",
+    "std",
+    "2:",
+    "dec rdi",
+    "jnz 2b",
+    "cld",
+    "ret",
+    ".size aem_df_spin, . - aem_df_spin",
+    ".popsection",
+);
+
+extern "C" {
+    fn aem_rseq_spin(rseq: *mut u8, iters: u64) -> u64;
+    fn aem_df_spin(iters: u64);
+    /// glibc: where this thread's struct rseq is, from the thread pointer.
+    static __rseq_offset: isize;
+    /// glibc: the size of the registered area, 0 when rseq is not used.
+    static __rseq_size: u32;
+}
+
+/// The calling thread's struct rseq, as glibc registered it.
+fn rseq_area() -> *mut u8 {
+    // SAFETY: reading glibc's constants, set before main.
+    assert_ne!(unsafe { __rseq_size }, 0, "glibc did not register rseq");
+    let tp: usize;
+    // SAFETY: %fs:0 holds the thread pointer (the TCB points at itself).
+    unsafe { std::arch::asm!("mov {}, fs:0", out(reg) tp) };
+    // SAFETY: as above.
+    (tp as isize + unsafe { __rseq_offset }) as *mut u8
+}
+
+#[test]
+fn exec_1_inline_handler_aborts_the_rseq_section_it_interrupts() {
+    static RAN: AtomicU64 = AtomicU64::new(0);
+    let rseq = rseq_area();
+    let _timer = aem::register_inline(
+        after(Duration::from_millis(2), Some(Duration::from_millis(2))),
+        Options::default(),
+        |_| {
+            RAN.fetch_add(1, SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    let (mut aborted, mut completed) = (0u64, 0u64);
+    let start = Instant::now();
+    while RAN.load(SeqCst) < 40 && start.elapsed() < Duration::from_secs(20) {
+        // SAFETY: `rseq` is this thread's registered area; the section
+        // only spins.
+        match unsafe { aem_rseq_spin(rseq, 200_000) } {
+            0 => aborted += 1,
+            _ => completed += 1,
+        }
+    }
+    let ran = RAN.load(SeqCst);
+    assert!(ran >= 40, "{ran} handlers in 20 s");
+    // Nearly all the time is spent in the section: nearly every handler
+    // interrupted it, and a signal there aborts it (as SIGALRM does).
+    assert!(
+        aborted * 2 >= ran,
+        "{aborted} aborts, {completed} completions, {ran} handlers"
+    );
+}
+
+#[test]
+fn exec_1_inline_handler_starts_with_the_direction_flag_clear() {
+    static RAN: AtomicU64 = AtomicU64::new(0);
+    static DF_SET: AtomicU64 = AtomicU64::new(0);
+    let _timer = aem::register_inline(
+        after(Duration::from_millis(2), Some(Duration::from_millis(2))),
+        Options::default(),
+        |_| {
+            let flags: u64;
+            // SAFETY: reads RFLAGS only.
+            unsafe { std::arch::asm!("pushfq", "pop {}", out(reg) flags) };
+            if flags & (1 << 10) != 0 {
+                DF_SET.fetch_add(1, SeqCst);
+            }
+            RAN.fetch_add(1, SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    let start = Instant::now();
+    while RAN.load(SeqCst) < 40 && start.elapsed() < Duration::from_secs(20) {
+        // SAFETY: the spin touches no memory; it clears DF before it returns.
+        unsafe { aem_df_spin(200_000) };
+    }
+    assert!(RAN.load(SeqCst) >= 40);
+    // The ABI: DF is clear at function entry, and a handler is entered as
+    // a function.
+    assert_eq!(DF_SET.load(SeqCst), 0, "handlers entered with DF set");
+}
