@@ -248,6 +248,39 @@ fn deliv_4_blocked_event_runs_once_right_after_unblock() {
 }
 
 #[test]
+fn deliv_4_a_thread_blocking_delivery_is_not_interrupted_by_its_events() {
+    static RAN: AtomicU64 = AtomicU64::new(0);
+    let _timer = aem::register_inline(
+        after(Duration::from_millis(5), Some(Duration::from_millis(5))),
+        Options::default(),
+        |_| {
+            RAN.fetch_add(1, SeqCst);
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    let block = |op| aem_syscalls::aem_ctl(0, op, 0).unwrap();
+    block(aem_syscalls::uapi::AEM_CTL_BLOCK);
+    // SAFETY: epoll_create1 takes no pointers.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epfd >= 0);
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    let start = Instant::now();
+    // SAFETY: room for one event; the set is empty.
+    let n = unsafe { libc::epoll_wait(epfd, &mut ev, 1, 300) };
+    let err = std::io::Error::last_os_error();
+    let took = start.elapsed();
+    // Before the fix: EINTR after the first expiry, though nothing can run.
+    assert_eq!(n, 0, "epoll_wait: {err} after {took:?}");
+    assert!(took >= Duration::from_millis(300));
+    assert_eq!(RAN.load(SeqCst), 0);
+    block(aem_syscalls::uapi::AEM_CTL_UNBLOCK);
+    assert!(RAN.load(SeqCst) >= 1, "the expiries ran at the unblock");
+    // SAFETY: our descriptor.
+    unsafe { libc::close(epfd) };
+}
+
+#[test]
 fn deliv_7_blocking_read_restarts_after_a_handler() {
     static RAN: AtomicBool = AtomicBool::new(false);
     let (r, w) = pipe();

@@ -232,10 +232,7 @@ fn proc_limits() -> ((u64, u64), (u64, u64)) {
         let max = words.next().unwrap().parse().unwrap();
         (used, max)
     };
-    (
-        pair("# files held: "),
-        pair("# user's registrations: "),
-    )
+    (pair("# files held: "), pair("# user's registrations: "))
 }
 
 #[test]
@@ -383,10 +380,8 @@ fn sec_3_accept_on_a_shut_down_listener_reports_once_then_disables() {
     )
     .unwrap();
     // SAFETY: shutdown takes no pointers.
-    assert_eq!(
-        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) },
-        0
-    );
+    let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    assert_eq!(rc, 0);
     let recs = aem::wait(16, Some(SEC)).unwrap();
     assert_eq!(recs.len(), 1, "{recs:?}");
     match recs[0].data {
@@ -426,7 +421,10 @@ fn sec_2_inline_registrations_end_with_their_thread() {
     }
     let rows = proc_aem("self");
     assert_eq!(rows.len(), before, "left behind: {:?}", &rows[before..]);
-    assert!(RAN.load(SeqCst) > 0, "the handlers ran while their threads lived");
+    assert!(
+        RAN.load(SeqCst) > 0,
+        "the handlers ran while their threads lived"
+    );
 }
 
 #[test]
@@ -502,4 +500,236 @@ fn sec_3_periodic_timer_nobody_consumes_stops_until_delivered() {
     // And it runs again once delivered.
     let recs = aem::wait(4, Some(SEC)).unwrap();
     assert_eq!(recs.len(), 1, "the timer did not resume");
+}
+
+/// Handlers that crash, each registered raw (no shim: nothing between the
+/// kernel and the bad code).
+extern "C" fn crash_on_bad_store(_id: i64, _rec: *const u8, _uc: *mut u8) -> i64 {
+    // SAFETY: not safe at all -- the point: a store to address 8, in the
+    // unmapped first page.
+    unsafe { std::ptr::dangling_mut::<u64>().write_volatile(1) };
+    0
+}
+
+/// Recurse until the stack runs out (the bound is never reached).
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 512]);
+    if std::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1).wrapping_add(frame[depth as usize % 512])
+}
+
+extern "C" fn overflow_the_stack(_id: i64, _rec: *const u8, _uc: *mut u8) -> i64 {
+    recurse(0) as i64
+}
+
+extern "C" fn return_normally(_id: i64, _rec: *const u8, _uc: *mut u8) -> i64 {
+    0
+}
+
+/// Register a one-shot 1 ms inline timer with this handler and restorer.
+fn register_raw_inline(handler: u64, restorer: u64) -> Result<u32, aem_syscalls::Error> {
+    let mut attr = aem_syscalls::aem_event_attr {
+        source: aem_syscalls::uapi::aem_source_kind::AEM_SOURCE_TIMER,
+        flags: aem_syscalls::uapi::AEM_EV_ONESHOT,
+        handler,
+        restorer,
+        ..Default::default()
+    };
+    attr.__bindgen_anon_1.timer = aem_syscalls::uapi::aem_timer_source {
+        clockid: libc::CLOCK_MONOTONIC as u32,
+        flags: 0,
+        value_ns: 1_000_000,
+        interval_ns: 0,
+    };
+    // SAFETY: `attr` is a live attribute structure of the size passed.
+    unsafe { aem_syscalls::aem_register(&attr, std::mem::size_of_val(&attr), 0) }
+}
+
+#[test]
+fn sec_4_a_crashing_handler_kills_only_its_process_and_frees_its_registrations() {
+    // The parent's own event keeps running through every child's crash.
+    let mine = aem::register(
+        after(Duration::from_millis(10), Some(Duration::from_millis(10))),
+        Options::default(),
+    )
+    .unwrap();
+    let users_before = proc_limits().1 .0;
+    // What the signal disposition says: SIGSEGV's default, but for the
+    // stack overflow, which std's own SIGSEGV handler (on its alternate
+    // stack) reports and turns into an abort.
+    let cases: [(&str, u64, u64, i32); 4] = [
+        (
+            "a fault in the handler",
+            crash_on_bad_store as *const () as u64,
+            return_normally as *const () as u64,
+            libc::SIGSEGV,
+        ),
+        (
+            "a stack overflow",
+            overflow_the_stack as *const () as u64,
+            return_normally as *const () as u64,
+            libc::SIGABRT,
+        ),
+        (
+            "an unmapped handler address",
+            0x1000,
+            return_normally as *const () as u64,
+            libc::SIGSEGV,
+        ),
+        (
+            "a bad restorer",
+            return_normally as *const () as u64,
+            0x1000,
+            libc::SIGSEGV,
+        ),
+    ];
+    for (what, handler, restorer, signal) in cases {
+        let status = aem_conformance::in_child_status(|| {
+            // A hundred registrations to free, besides the crashing one.
+            let _held: Vec<_> = (0..100)
+                .map(|_| aem::register(after(SEC * 100, None), Options::default()).unwrap())
+                .collect();
+            register_raw_inline(handler, restorer).expect("register");
+            std::thread::sleep(SEC * 5);
+            0
+        });
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == signal,
+            "{what}: child status {status:#x}, not killed by signal {signal}"
+        );
+        // Everything the child registered is gone with it.
+        assert_eq!(proc_limits().1 .0, users_before, "{what}");
+        let recs = aem::wait(4, Some(SEC)).unwrap();
+        assert!(recs.iter().any(|r| r.id == mine.id()), "{what}: {recs:?}");
+    }
+}
+
+#[test]
+fn sec_2_watches_of_one_socket_are_bounded() {
+    // A state change walks its socket's watches in softirq: at most 16,
+    // from all processes together.
+    let listener = tcp_listener();
+    let conn = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let watch = || aem::register(Source::SocketState { fd: conn.as_fd() }, Options::default());
+    let mut watches: Vec<_> = (0..16).map(|_| watch().unwrap()).collect();
+    assert_eq!(watch().err(), Some(Error::Os(Errno(libc::EBUSY))));
+    drop(watches.pop());
+    watches.push(watch().expect("room for one again"));
+    // Every one of them sees the connection's changes.
+    drop(conn);
+    let deadline = Instant::now() + 5 * SEC;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < watches.len() && Instant::now() < deadline {
+        for rec in aem::wait(64, Some(Duration::from_millis(100))).unwrap() {
+            seen.insert(rec.id);
+        }
+    }
+    assert_eq!(seen.len(), watches.len());
+}
+
+const OVERLOAD: &str = "/proc/sys/kernel/aem_overload";
+
+/// `struct uffdio_api` and `struct uffdio_register` (linux/userfaultfd.h).
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+/// A page whose first touch blocks until the process is killed: a
+/// userfaultfd range that nobody serves.
+fn unserved_page() -> *mut u8 {
+    // SAFETY: userfaultfd takes no pointers.
+    let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as RawFd;
+    assert!(uffd >= 0, "userfaultfd: {}", io::Error::last_os_error());
+    let mut api = UffdioApi {
+        api: 0xaa,
+        features: 0,
+        ioctls: 0,
+    };
+    // SAFETY: `api` is a live struct uffdio_api.
+    assert_eq!(unsafe { libc::ioctl(uffd, UFFDIO_API, &mut api) }, 0);
+    let page = aem_conformance::Mapping::new(1, libc::PROT_READ | libc::PROT_WRITE).unwrap();
+    let mut reg = UffdioRegister {
+        start: page.addr() as u64,
+        len: aem_conformance::page_size() as u64,
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    // SAFETY: `reg` is a live struct uffdio_register for our mapping.
+    let rc = unsafe { libc::ioctl(uffd, UFFDIO_REGISTER, &mut reg) };
+    assert_eq!(rc, 0, "UFFDIO_REGISTER: {}", io::Error::last_os_error());
+    let addr = page.addr();
+    // Both stay for the life of the (short-lived) process.
+    std::mem::forget(page);
+    addr
+}
+
+#[test]
+fn sec_3_a_process_stalled_on_its_own_memory_holds_up_nobody_else() {
+    let shared = SharedWords::new(1);
+    std::fs::write(OVERLOAD, "1").unwrap();
+    // SAFETY: the child makes system calls and leaves by _exit or SIGKILL.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let page = unserved_page();
+        // A shed event: the end of the overload has this context to visit.
+        let efd = aem_conformance::eventfd();
+        let _shed = watch_in(&efd).unwrap();
+        aem_conformance::eventfd_add(&efd, 1);
+        // Another thread of the process waits for the context's lock.
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = aem_syscalls::aem_ctl(1, aem_syscalls::uapi::AEM_CTL_ENABLE, 0);
+        });
+        shared.set(0, 1);
+        // The record slot is the unserved page: the call stalls there,
+        // holding the context's lock, until the process is killed.
+        // SAFETY: the kernel only writes a record to the page.
+        let _ = unsafe { aem_syscalls::aem_wait(page.cast(), 1, std::ptr::null(), 0) };
+        // SAFETY: leave at once.
+        unsafe { libc::_exit(3) };
+    }
+    while shared.get(0) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Ending the overload visits every context with shed events; before
+    // the fix it waited for this one's lock for ever.
+    let start = Instant::now();
+    std::fs::write(OVERLOAD, "0").unwrap();
+    let took = start.elapsed();
+    // And SIGKILL ends the stalled process, both of its threads.
+    // SAFETY: kill takes no pointers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + 10 * SEC;
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid int.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stalled process did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(took < 2 * SEC, "aem_overload=0 took {took:?}");
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
 }
