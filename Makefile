@@ -14,7 +14,11 @@
 #   make test            everything, ending in "N passed, N failed"
 #   make test-debug      the conformance suite on the debug kernel (KASAN,
 #                        lockdep, kmemleak scan after each test binary)
+#   make fuzz            aem-fuzz: 1,000,000 random AEM calls in a debug-kernel
+#                        guest, then a kmemleak scan (FUZZ_SEED, FUZZ_CALLS, ...)
 #   make bench           the benchmark table
+#   make kselftest       upstream selftests (signals, timers, futex, rseq,
+#                        sched, epoll) on a stock and on the AEM kernel
 #   make bindings        regenerate aem-syscalls' UAPI bindings
 
 SHELL := /bin/bash
@@ -30,7 +34,7 @@ GUEST_BINS := $(addprefix target/$(TARGET)/release/,aem-demo http-aem http-epoll
 	aem-echo-server aem-periodic-timer)
 
 .PHONY: deps kernel kernel-tree export-patches kernel-reset rootfs run guest \
-	test test-debug bench bindings guest-bins
+	test test-debug fuzz bench bindings guest-bins kselftest
 
 deps:
 	@ci/deps.sh
@@ -72,9 +76,20 @@ test:
 test-debug: deps rootfs
 	@KCONFIG=debug ci/kernel.sh build
 	@KCONFIG=debug ci/conformance.sh
+	@KCONFIG=debug FUZZ_CALLS=$${FUZZ_CALLS:-20000} ci/fuzz.sh
+
+fuzz: deps rootfs
+	@KCONFIG=debug ci/kernel.sh build
+	@KCONFIG=debug ci/fuzz.sh
 
 bench: kernel rootfs
 	@ci/bench.sh
+
+# Stock kernel (no kernel-patches/), the AEM kernel, the selftests, one
+# guest on each kernel, the table: build/kselftest/results.txt.  The script
+# builds both kernels under build/.kernel-build.lock.
+kselftest: deps
+	@ci/kselftest.sh
 
 bindings: kernel
 	cargo run -q -p aem-uapi-gen

@@ -112,6 +112,31 @@ fn sec_3_context_fd_in_nested_epoll_watched_by_its_own_process_does_not_lock_up(
     }
 }
 
+#[test]
+fn sec_3_a_ready_file_added_to_an_epoll_set_holding_the_context_does_not_lock_up() {
+    // The loop starts in epoll: epoll_ctl(ADD) of a ready file wakes the
+    // set's queue, the AEM watch on the set activates, the context's
+    // wake-up reaches the set again (found by aem-fuzz --repro
+    // ctx-epoll-add).
+    let code = in_child(|| {
+        let ctx = aem::context_fd().unwrap();
+        let set = epoll_create();
+        epoll_add(&set, ctx.as_raw_fd());
+        let watch = watch_in(&set).unwrap();
+        let ready = aem_conformance::eventfd();
+        aem_conformance::eventfd_add(&ready, 1);
+        epoll_add(&set, ready.as_raw_fd());
+        match wait_for_ids(&[watch.id()], 5 * SEC) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        }
+    });
+    assert_eq!(code, 0);
+}
+
 fn pidfd_getfd(pid: libc::pid_t, fd: RawFd) -> OwnedFd {
     // SAFETY: pidfd_open and pidfd_getfd take no pointers.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;

@@ -1,0 +1,1738 @@
+//! A fuzzing thread: a loop of random operations -- the six AEM system
+//! calls with random and hostile arguments, and what gives them something
+//! to act on: file descriptors of every kind, readiness, epoll sets
+//! (nested, holding AEM context fds), closes and dup2()s under
+//! registrations, forks, execs, short-lived threads, sacrificial children
+//! that die of crafted frames, resource limits and the overload switch.
+//!
+//! Every choice comes from the thread's [`Rng`], so a seed reproduces the
+//! sequence of operations (what the kernel answers may still differ with
+//! timing).
+
+use std::ffi::CString;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+
+use aem_syscalls::uapi;
+
+use crate::handler::{self, MAX_ID};
+use crate::rng::{derive, Rng};
+use crate::stats::{Counter, WorkerSlot};
+use crate::sys::{self, aem, ctl, Mem};
+use crate::Config;
+
+/// The operations of the main flow, with their weights and names (the
+/// name of the current one is reported when a worker hangs or dies).
+const OPS: &[(&str, u32)] = &[
+    ("query", 30),
+    ("register", 300),
+    ("ctl", 150),
+    ("wait", 100),
+    ("return", 20),
+    ("thread_area", 40),
+    ("fd_new", 120),
+    ("fd_close", 40),
+    ("fd_dup2", 30),
+    ("fd_poke", 90),
+    ("fd_drain", 40),
+    ("epoll_add", 50),
+    ("ctx_fd", 20),
+    ("fork", 3),
+    ("exec", 2),
+    ("sacrifice", 3),
+    ("thread", 3),
+    ("overload", 4),
+    ("proc_read", 10),
+    ("block_word", 25),
+    ("sleep", 25),
+    ("unregister", 60),
+    ("rlimit", 3),
+    ("keepalive", 8),
+    ("ctx_epoll", 4),
+];
+
+/// The name of operation `i`, for reports.
+pub fn op_name(i: u64) -> &'static str {
+    OPS.get(i as usize).map(|o| o.0).unwrap_or("?")
+}
+
+/// What a pool descriptor was when the worker made it (it may since have
+/// been closed or replaced by another thread: the kernel decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pipe,
+    Eventfd,
+    Timerfd,
+    Signalfd,
+    Epoll,
+    TcpListen,
+    Tcp,
+    Udp,
+    Unix,
+    UnixListen,
+    Proc,
+    File,
+    Dev,
+    Ctx,
+    Other,
+}
+
+/// Per-process state shared by the worker threads.
+#[derive(Debug)]
+pub struct Shared {
+    /// The run's configuration.
+    pub cfg: Config,
+    /// The memory handed to the kernel.
+    pub mem: Mem,
+    /// With the ctx-epoll-loop class avoided: held while an fd number may
+    /// become an AEM context fd (context fds, dup2) and while a check and
+    /// an epoll_ctl(ADD) go together.
+    pub fdlock: Mutex<()>,
+}
+
+/// The per-thread part of the fuzzer.
+pub struct Worker<'a> {
+    sh: &'a Shared,
+    rng: Rng,
+    seed: u64,
+    own: u64,
+    ids: Vec<(u32, bool)>,
+    fds: Vec<(i32, Kind)>,
+    ports: Vec<u16>,
+    unix_names: Vec<Vec<u8>>,
+    block_depth: u32,
+    slot: Option<&'static WorkerSlot>,
+    /// A forked child (one thread; locks may be held by threads that are
+    /// not there): no locks, no forks, no threads.
+    child: bool,
+    wake_timer: Option<libc::timer_t>,
+    serial: u64,
+    cap: usize,
+}
+
+const EPOLL_BITS: [u32; 12] = [
+    libc::EPOLLIN as u32,
+    libc::EPOLLOUT as u32,
+    libc::EPOLLPRI as u32,
+    libc::EPOLLERR as u32,
+    libc::EPOLLHUP as u32,
+    libc::EPOLLRDHUP as u32,
+    libc::EPOLLRDNORM as u32,
+    libc::EPOLLWRNORM as u32,
+    libc::EPOLLET as u32,
+    libc::EPOLLONESHOT as u32,
+    libc::EPOLLEXCLUSIVE as u32,
+    libc::EPOLLWAKEUP as u32,
+];
+
+/// Ignore a libc return value on purpose: failures are part of fuzzing.
+fn ign<T>(_: T) {}
+
+impl<'a> Worker<'a> {
+    /// A worker of `sh` with `seed`; `slot` reports its progress; `child`
+    /// for a forked child's single thread.
+    pub fn new(
+        sh: &'a Shared,
+        seed: u64,
+        slot: Option<&'static WorkerSlot>,
+        own: Option<u64>,
+    ) -> Worker<'a> {
+        let own = own.unwrap_or_else(sys::own_pages);
+        handler::thread_init(seed, own);
+        if let Some(s) = slot {
+            s.seed.store(seed, Relaxed);
+            s.pid.store(sys::getpid() as u64, Relaxed);
+        }
+        let threads = sh.cfg.threads.max(1) as usize;
+        let mut cap = sh.cfg.cap / threads;
+        if sh.cfg.avoids(crate::AVOID_PILEUP) {
+            cap = cap.min(nofile_soft() as usize / 2 / threads);
+        }
+        Worker {
+            sh,
+            rng: Rng::new(seed),
+            seed,
+            own,
+            ids: Vec::new(),
+            fds: Vec::new(),
+            ports: Vec::new(),
+            unix_names: Vec::new(),
+            block_depth: 0,
+            slot,
+            child: false,
+            wake_timer: None,
+            serial: 0,
+            cap: cap.max(4),
+        }
+    }
+
+    /// Run until the thread has made `calls` AEM system calls (its
+    /// handlers' included), then clean up, or not, at random.
+    pub fn run(&mut self, calls: u64) {
+        if self.wake_timer.is_none() {
+            self.setup_thread();
+        }
+        let weights: Vec<u32> = OPS.iter().map(|o| o.1).collect();
+        let start = sys::thread_calls();
+        let mut i = 0u64;
+        while sys::thread_calls() - start < calls {
+            if handler::FORKED_CHILD.load(Relaxed) {
+                sys::exit_group(0);
+            }
+            if handler::main_progress() {
+                restore_mask();
+            }
+            if i % 32 == 0 && !self.child {
+                sys::alarm(self.sh.cfg.watchdog);
+            }
+            if i % 16 == 0 {
+                self.reap();
+            }
+            let op = self.rng.weighted(&weights);
+            if let Some(s) = self.slot {
+                s.op_index.store(i, Relaxed);
+                s.op_kind.store(op as u64, Relaxed);
+            }
+            sys::stats().add(Counter::Ops, 1);
+            self.op(op);
+            i += 1;
+        }
+        while self.block_depth > 0 {
+            ctl(0, u64::from(uapi::AEM_CTL_UNBLOCK), 0);
+            self.block_depth -= 1;
+        }
+        if self.rng.chance(1, 2) {
+            for (id, _) in std::mem::take(&mut self.ids) {
+                ctl(u64::from(id), u64::from(uapi::AEM_CTL_UNREGISTER), 0);
+            }
+        }
+        if self.rng.chance(1, 2) {
+            for (fd, _) in std::mem::take(&mut self.fds) {
+                sys::close(fd);
+            }
+        }
+        if let Some(t) = self.wake_timer.take() {
+            // SAFETY: our own timer, created in setup_thread().
+            ign(unsafe { libc::timer_delete(t) });
+        }
+        self.reap();
+    }
+
+    fn setup_thread(&mut self) {
+        // The wake-up of aem_wait(KEEPALIVE) and of waits for ever:
+        // SIGUSR2 to this thread.
+        // SAFETY: an all-zero sigevent is valid; the fields are set below.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = libc::SIGUSR2;
+        sev.sigev_notify_thread_id = sys::gettid();
+        let mut t: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `sev` and `t` are live.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut t) } == 0 {
+            self.wake_timer = Some(t);
+        }
+        // An alternate signal stack for AEM_EV_ONSTACK handlers, kept for
+        // the thread's life (long-lived threads only: it is never freed).
+        if self.slot.is_some() && self.rng.chance(3, 4) {
+            let stack = sys::map(64 << 10, libc::PROT_READ | libc::PROT_WRITE);
+            let ss = libc::stack_t {
+                ss_sp: stack.cast(),
+                ss_flags: 0,
+                ss_size: 64 << 10,
+            };
+            // SAFETY: a fresh mapping the thread never unmaps.
+            ign(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) });
+        }
+    }
+
+    /// Arm this thread's wake-up timer: SIGUSR2 in `ns` nanoseconds, then
+    /// every `ns` (0: disarm).  Periodic, because one signal may be
+    /// consumed without ending the wait: when it arrives while an inline
+    /// handler interrupted aem_wait(KEEPALIVE), the sleep restarts after
+    /// the handler.
+    fn arm_wake(&mut self, ns: u64) -> bool {
+        let Some(t) = self.wake_timer else {
+            return false;
+        };
+        let ts = libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as i64,
+            tv_nsec: (ns % 1_000_000_000) as i64,
+        };
+        let its = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: our own timer and a live itimerspec.
+        unsafe { libc::timer_settime(t, 0, &its, std::ptr::null_mut()) == 0 }
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'a, ()>> {
+        if self.child || !self.sh.cfg.avoids(crate::AVOID_CTX_EPOLL) {
+            return None;
+        }
+        Some(self.sh.fdlock.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn op(&mut self, op: usize) {
+        match OPS[op].0 {
+            "query" => self.query(),
+            "register" => self.register(),
+            "ctl" => self.ctl(),
+            "wait" => self.wait(),
+            "return" => self.aem_return(),
+            "thread_area" => self.thread_area(),
+            "fd_new" => self.fd_new(),
+            "fd_close" => self.fd_close(),
+            "fd_dup2" => self.fd_dup2(),
+            "fd_poke" => self.fd_poke(),
+            "fd_drain" => {
+                if let Some(fd) = self.pool_fd() {
+                    handler::drain(fd);
+                }
+            }
+            "epoll_add" => self.epoll_add(),
+            "ctx_fd" => self.ctx_fd(),
+            "fork" => self.fork(),
+            "exec" => self.exec(),
+            "sacrifice" => self.sacrifice(),
+            "thread" => self.thread(),
+            "overload" => self.overload(),
+            "proc_read" => self.proc_read(),
+            "block_word" => self.block_word(),
+            "sleep" => self.sleep(),
+            "unregister" => self.unregister_some(),
+            "rlimit" => self.rlimit(),
+            "keepalive" => self.keepalive(),
+            "ctx_epoll" => self.ctx_epoll(),
+            other => unreachable!("op {other}"),
+        }
+    }
+
+    // ---- AEM calls ----
+
+    fn query(&mut self) {
+        let size = match self.rng.below(6) {
+            0 => 24,
+            1 => self.rng.below(24),
+            2 => self.rng.range(25, 4096),
+            3 => self.rng.range(4097, 8192),
+            4 => self.rng.interesting_u64(),
+            _ => 32,
+        };
+        let ptr = self
+            .sh
+            .mem
+            .write_ptr(&mut self.rng, self.own, size.min(8192));
+        let flags = if self.rng.chance(1, 8) {
+            self.rng.interesting_u64()
+        } else {
+            0
+        };
+        // SAFETY: a Mem pointer (see its invariant).
+        unsafe { aem(sys::QUERY, [ptr, size, flags, 0, 0, 0]) };
+    }
+
+    /// A descriptor for a registration: mostly from the pool, sometimes
+    /// closed, invalid or one of 0, 1, 2.
+    fn any_fd(&mut self) -> i32 {
+        match self.rng.weighted(&[85, 5, 4, 3, 3]) {
+            0 => self.pool_fd().unwrap_or(-1),
+            1 => self.rng.below(1024) as i32,
+            2 => -(self.rng.below(3) as i32) - 1,
+            3 => self.rng.below(3) as i32,
+            _ => self.rng.next_u32() as i32,
+        }
+    }
+
+    fn pool_fd(&mut self) -> Option<i32> {
+        if self.fds.is_empty() {
+            None
+        } else {
+            Some(self.fds[self.rng.below(self.fds.len() as u64) as usize].0)
+        }
+    }
+
+    fn pool_fd_of(&mut self, kinds: &[Kind]) -> Option<i32> {
+        let matching: Vec<i32> = self
+            .fds
+            .iter()
+            .filter(|(_, k)| kinds.contains(k))
+            .map(|(fd, _)| *fd)
+            .collect();
+        if matching.is_empty() {
+            None
+        } else {
+            Some(self.rng.pick(&matching))
+        }
+    }
+
+    fn epoll_events(&mut self) -> u32 {
+        if self.rng.chance(1, 10) {
+            return self.rng.next_u32();
+        }
+        let mut ev = 0;
+        for _ in 0..self.rng.range(1, 4) {
+            ev |= self.rng.pick(&EPOLL_BITS);
+        }
+        ev
+    }
+
+    fn register(&mut self) {
+        if self.ids.len() >= self.cap {
+            self.unregister_some();
+            return;
+        }
+        let r = &mut self.rng;
+        let mut a = [0u64; 11];
+        let source = match r.weighted(&[25, 10, 12, 10, 30, 3, 5, 3]) {
+            0 => uapi::aem_source_kind::AEM_SOURCE_FD,
+            1 => uapi::aem_source_kind::AEM_SOURCE_ACCEPT,
+            2 => uapi::aem_source_kind::AEM_SOURCE_READ,
+            3 => uapi::aem_source_kind::AEM_SOURCE_SOCKET_STATE,
+            4 => uapi::aem_source_kind::AEM_SOURCE_TIMER,
+            5 => 0,
+            6 => r.range(6, 11) as u32,
+            _ => r.next_u32(),
+        };
+        let mut flags = 0u32;
+        if r.chance(3, 5) {
+            for bit in 0..6 {
+                if r.chance(1, 5) {
+                    flags |= 1 << bit;
+                }
+            }
+        }
+        if r.chance(1, 30) {
+            flags |= 1 << r.range(6, 31);
+        }
+        let prio = match r.below(10) {
+            0..=5 => r.below(50) as u32,
+            6..=8 => r.range(50, 99) as u32,
+            _ => r.interesting_u64() as u32,
+        };
+        let inline = match r.weighted(&[45, 45, 4, 3, 3]) {
+            0 => {
+                a[2] = handler::handler();
+                a[3] = handler::restorer();
+                true
+            }
+            1 => false,
+            2 => {
+                a[2] = handler::handler();
+                false
+            }
+            3 => {
+                a[3] = handler::restorer();
+                false
+            }
+            _ => {
+                // Beyond the user address space, whether the guest pages
+                // with four levels or five: refused.
+                a[2] = if r.chance(1, 2) {
+                    (1 << 56) + r.below(1 << 20)
+                } else {
+                    0xffff_8000_0000_0000 + r.below(1 << 40)
+                };
+                a[3] = handler::restorer();
+                false
+            }
+        };
+        if !inline && r.chance(9, 10) {
+            // ONSTACK and NOBOOST are for inline handlers.
+            flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST);
+        }
+        a[0] = u64::from(source) | (u64::from(flags) << 32);
+        a[1] = u64::from(prio)
+            | if r.chance(1, 40) {
+                u64::from(r.next_u32()) << 32
+            } else {
+                0
+            };
+        a[4] = r.next_u64();
+        let mut periodic_inline = false;
+        match source {
+            uapi::aem_source_kind::AEM_SOURCE_FD => {
+                let fd = self.any_fd();
+                let ev = self.epoll_events();
+                a[5] = u64::from(fd as u32) | (u64::from(ev) << 32);
+            }
+            uapi::aem_source_kind::AEM_SOURCE_ACCEPT => {
+                let fd = if self.rng.chance(3, 4) {
+                    self.pool_fd_of(&[Kind::TcpListen, Kind::UnixListen])
+                        .unwrap_or(-1)
+                } else {
+                    self.any_fd()
+                };
+                let fl = if self.rng.chance(1, 10) {
+                    self.rng.next_u32()
+                } else {
+                    self.rng.below(4) as u32
+                };
+                a[5] = u64::from(fd as u32) | (u64::from(fl) << 32);
+            }
+            uapi::aem_source_kind::AEM_SOURCE_READ => {
+                let fd = self.any_fd();
+                let len = match self.rng.below(8) {
+                    0 => 0,
+                    1 => 1,
+                    2 => u64::from(uapi::AEM_READ_MAX_LEN),
+                    3 => u64::from(uapi::AEM_READ_MAX_LEN) + 1,
+                    4 => self.rng.next_u32().into(),
+                    5 => self.rng.range(4096, 200_000),
+                    _ => self.rng.range(1, 4096),
+                };
+                a[5] = u64::from(fd as u32) | (len << 32);
+                a[6] = self
+                    .sh
+                    .mem
+                    .write_ptr(&mut self.rng, self.own, len.min(1 << 20));
+            }
+            uapi::aem_source_kind::AEM_SOURCE_SOCKET_STATE => {
+                let fd = if self.rng.chance(3, 4) {
+                    self.pool_fd_of(&[Kind::Tcp, Kind::TcpListen]).unwrap_or(-1)
+                } else {
+                    self.any_fd()
+                };
+                let fl = if self.rng.chance(1, 8) {
+                    self.rng.next_u32()
+                } else {
+                    0
+                };
+                a[5] = u64::from(fd as u32) | (u64::from(fl) << 32);
+            }
+            uapi::aem_source_kind::AEM_SOURCE_TIMER => {
+                let r = &mut self.rng;
+                let clock = match r.below(10) {
+                    0..=4 => libc::CLOCK_MONOTONIC as u32,
+                    5 | 6 => libc::CLOCK_REALTIME as u32,
+                    7 | 8 => libc::CLOCK_BOOTTIME as u32,
+                    _ => r.below(16) as u32,
+                };
+                let abs = r.chance(1, 6);
+                let tflags = if r.chance(1, 20) {
+                    r.next_u32()
+                } else {
+                    u32::from(abs)
+                };
+                let mut value = match r.below(10) {
+                    0 => 0,
+                    1 => 1,
+                    2 => r.interesting_u64(),
+                    3 => r.range(1, 1000),
+                    _ => r.range(100_000, 10_000_000),
+                };
+                if abs && r.chance(3, 4) {
+                    value = sys::now_ns(clock as i32).wrapping_add(value % 20_000_000);
+                }
+                let mut interval = match r.below(10) {
+                    0..=4 => 0,
+                    5 => r.range(1, 999),
+                    6 => r.interesting_u64(),
+                    7 => r.range(1000, 100_000),
+                    _ => r.range(1_000_000, 20_000_000),
+                };
+                if inline && interval != 0 {
+                    // A fast periodic inline timer keeps its thread in
+                    // handlers (the storm breaker ends it, slowly): keep
+                    // them slow and few.
+                    let periodic = self.ids.iter().filter(|(_, p)| *p).count();
+                    if periodic >= 6 {
+                        interval = 0;
+                    } else {
+                        interval = interval.max(1_000_000);
+                        periodic_inline = true;
+                    }
+                }
+                a[5] = u64::from(clock) | (u64::from(tflags) << 32);
+                a[6] = value;
+                a[7] = interval;
+            }
+            _ => {
+                for w in a.iter_mut().skip(5) {
+                    if self.rng.chance(1, 3) {
+                        *w = self.rng.interesting_u64();
+                    }
+                }
+            }
+        }
+        // Junk in the unused part of the union (refused).
+        if self.rng.chance(1, 30) {
+            let at = self.rng.range(5, 10) as usize;
+            a[at] = self.rng.interesting_u64();
+        }
+        // Half the registrations are made sane -- every field valid, the
+        // source's arguments aside -- so that events exist and fire; the
+        // other half keep their hostile fields.
+        let sane = self.rng.chance(1, 2);
+        if sane {
+            sanitize(&mut a);
+        }
+        let size: u64 = match self.rng.weighted(&[85, 3, 4, 4, 2, 2]) {
+            _ if sane => 88,
+            0 => 88,
+            1 => self.rng.below(88),
+            2 => self.rng.range(89, 4096),
+            3 => 4096,
+            4 => 4097,
+            _ => self.rng.interesting_u64(),
+        };
+        // The attributes go to the own pages, with zeros after them (or,
+        // sometimes, one non-zero byte: E2BIG).
+        let own = self.own;
+        let fill = size.clamp(88, sys::OWN as u64 - 8) as usize;
+        // SAFETY: the own pages are ours, OWN bytes; nothing holds a
+        // reference into them.
+        unsafe {
+            std::ptr::write_bytes(own as *mut u8, 0, fill);
+            std::ptr::copy_nonoverlapping(a.as_ptr().cast::<u8>(), own as *mut u8, 88);
+            if size > 88 && size < fill as u64 + 1 && self.rng.chance(1, 10) {
+                let at = self.rng.range(88, size - 1);
+                *((own + at) as *mut u8) = 1;
+            }
+        }
+        let ptr = self.sh.mem.read_ptr(&mut self.rng, own);
+        let rflags = if !sane && self.rng.chance(1, 20) {
+            self.rng.interesting_u64()
+        } else {
+            0
+        };
+        // SAFETY: a Mem pointer; the kernel only reads it.
+        let id = unsafe { aem(sys::REGISTER, [ptr, size, rflags, 0, 0, 0]) };
+        if id > 0 {
+            MAX_ID.fetch_max(id as u32, Relaxed);
+            self.ids.push((id as u32, periodic_inline));
+        }
+    }
+
+    fn some_id(&mut self) -> u64 {
+        match self.rng.weighted(&[80, 8, 4, 4, 4]) {
+            0 if !self.ids.is_empty() => {
+                u64::from(self.ids[self.rng.below(self.ids.len() as u64) as usize].0)
+            }
+            1 | 0 => self.rng.below(u64::from(MAX_ID.load(Relaxed)) + 3),
+            2 => 0,
+            3 => (-(self.rng.below(3) as i64) - 1) as u64,
+            _ => self.rng.interesting_u64(),
+        }
+    }
+
+    fn ctl(&mut self) {
+        let op = match self.rng.weighted(&[20, 20, 20, 8, 4, 8, 8, 6, 6]) {
+            0 => uapi::AEM_CTL_ENABLE,
+            1 => uapi::AEM_CTL_DISABLE,
+            2 => uapi::AEM_CTL_SET_PRIORITY,
+            3 => uapi::AEM_CTL_UNREGISTER,
+            4 => uapi::AEM_CTL_CONTEXT_FD,
+            5 => uapi::AEM_CTL_BLOCK,
+            6 => uapi::AEM_CTL_UNBLOCK,
+            7 => uapi::AEM_CTL_DELIVER,
+            _ => self.rng.next_u32() % 16,
+        };
+        let mut id = self.some_id();
+        if (uapi::AEM_CTL_CONTEXT_FD..=uapi::AEM_CTL_DELIVER).contains(&op)
+            && self.rng.chance(9, 10)
+        {
+            id = 0;
+        }
+        let arg = match op {
+            uapi::AEM_CTL_SET_PRIORITY => {
+                if self.rng.chance(9, 10) {
+                    self.rng.below(100)
+                } else {
+                    self.rng.interesting_u64()
+                }
+            }
+            uapi::AEM_CTL_CONTEXT_FD => {
+                if self.rng.chance(1, 2) {
+                    0
+                } else if self.rng.chance(4, 5) {
+                    libc::O_CLOEXEC as u64
+                } else {
+                    self.rng.interesting_u64()
+                }
+            }
+            _ if self.rng.chance(1, 12) => self.rng.interesting_u64(),
+            _ => 0,
+        };
+        if op == uapi::AEM_CTL_UNBLOCK && self.block_depth == 0 && self.rng.chance(3, 4) {
+            return;
+        }
+        if op == uapi::AEM_CTL_BLOCK && self.block_depth >= 3 {
+            ctl(0, u64::from(uapi::AEM_CTL_UNBLOCK), 0);
+            self.block_depth -= 1;
+            return;
+        }
+        let guard = if op == uapi::AEM_CTL_CONTEXT_FD {
+            self.lock()
+        } else {
+            None
+        };
+        let r = ctl(id, u64::from(op), arg);
+        drop(guard);
+        if r >= 0 {
+            match op {
+                uapi::AEM_CTL_CONTEXT_FD if id == 0 => self.add_fd(r as i32, Kind::Ctx),
+                uapi::AEM_CTL_BLOCK if id == 0 && arg == 0 => self.block_depth += 1,
+                uapi::AEM_CTL_UNBLOCK if id == 0 && arg == 0 => {
+                    self.block_depth = self.block_depth.saturating_sub(1)
+                }
+                uapi::AEM_CTL_UNREGISTER => self.ids.retain(|(i, _)| u64::from(*i) != id),
+                _ => {}
+            }
+        } else if r == -(libc::ENOENT as i64) {
+            self.ids.retain(|(i, _)| u64::from(*i) != id);
+        }
+        // Blocked delivery starves handlers: unblock soon.
+        if self.block_depth > 0 && self.rng.chance(1, 3) {
+            ctl(0, u64::from(uapi::AEM_CTL_UNBLOCK), 0);
+            self.block_depth -= 1;
+        }
+    }
+
+    fn wait(&mut self) {
+        let max = match self.rng.weighted(&[60, 20, 5, 5, 5, 5]) {
+            0 => self.rng.range(1, 16),
+            1 => self.rng.range(17, 1024),
+            2 => 0,
+            3 => 1025,
+            4 => u64::from(self.rng.next_u32()),
+            _ => 1024,
+        };
+        let recs = self
+            .sh
+            .mem
+            .write_ptr(&mut self.rng, self.own, max.min(1024) * 40);
+        // The timeout, in the own pages past where attributes go.
+        let ts_at = self.own + sys::OWN as u64 - 64;
+        let (sec, nsec): (i64, i64) = match self.rng.weighted(&[70, 10, 5, 5, 5]) {
+            0 => (0, self.rng.below(3_000_000) as i64),
+            1 => (0, 0),
+            2 => (0, 1_000_000_000 + self.rng.below(1 << 20) as i64),
+            3 => (-1, 0),
+            _ => (0, -(self.rng.below(1000) as i64) - 1),
+        };
+        // SAFETY: the end of the own pages; no reference points there.
+        unsafe {
+            std::ptr::write_unaligned(ts_at as *mut i64, sec);
+            std::ptr::write_unaligned((ts_at + 8) as *mut i64, nsec);
+        }
+        let timeout = match self.rng.weighted(&[85, 5, 5, 5]) {
+            0 => ts_at,
+            1 => 0, // for ever
+            2 => self.sh.mem.read_ptr(&mut self.rng, self.own) | 1,
+            _ => self.rng.below(0x10000),
+        };
+        // Whatever the timeout turns out to be (for ever, or whatever
+        // bytes a misaligned pointer finds), the wake-up timer ends the
+        // wait.
+        let wake_ns = self.rng.range(100_000, 3_000_000);
+        if !self.arm_wake(wake_ns) {
+            return;
+        }
+        let flags = if self.rng.chance(1, 20) {
+            self.rng.interesting_u64() & !1
+        } else {
+            0
+        };
+        // SAFETY: Mem pointers (records written there, timeout read).
+        let n = unsafe { aem(sys::WAIT, [recs, max, timeout, flags, 0, 0]) };
+        if n > 0 {
+            sys::stats().add(Counter::Records, n as u64);
+        }
+        self.arm_wake(0);
+    }
+
+    fn keepalive(&mut self) {
+        let odd = self.rng.chance(1, 10);
+        let args = if odd {
+            [self.rng.below(2) * self.own, self.rng.below(2), 0, 1, 0, 0]
+        } else {
+            [0, 0, 0, u64::from(uapi::AEM_WAIT_KEEPALIVE), 0, 0]
+        };
+        let wake_ns = self.rng.range(200_000, 5_000_000);
+        if !self.arm_wake(wake_ns) {
+            return;
+        }
+        // SAFETY: null pointers, or the own pages.
+        unsafe { aem(sys::WAIT, args) };
+        self.arm_wake(0);
+    }
+
+    fn aem_return(&mut self) {
+        // No handler runs on this thread here: EINVAL, nothing restored.
+        let v = self.rng.interesting_u64();
+        // SAFETY: no frame is taken when no handler runs; the call fails.
+        unsafe { aem(sys::RETURN, [v, self.rng.next_u64(), 0, 0, 0, 0]) };
+    }
+
+    fn thread_area(&mut self) {
+        let r = &mut self.rng;
+        let area = match r.weighted(&[60, 10, 10, 5, 5, 5, 5]) {
+            0 => self.own + 8 * r.below(64),
+            1 => self.own + r.below(512),
+            2 => self.sh.mem.scratch + 8 * r.below(1024),
+            3 => self.sh.mem.ro,
+            4 => self.sh.mem.scratch + sys::SCRATCH as u64 - 8 * r.below(2),
+            5 => r.below(0x10000),
+            _ => 0xffff_8880_0000_0000 + 8 * r.below(1 << 30),
+        };
+        let size = match r.weighted(&[70, 10, 10, 5, 5]) {
+            0 => 8,
+            1 => r.below(8),
+            2 => r.range(9, 4096),
+            3 => 4097,
+            _ => r.interesting_u64() & 0xffff_ffff,
+        };
+        let flags = match r.weighted(&[55, 35, 10]) {
+            0 => 0,
+            1 => u64::from(uapi::AEM_THREAD_AREA_UNREGISTER),
+            _ => r.interesting_u64() & 0xffff_ffff,
+        };
+        // SAFETY: a Mem-style pointer: own pages or scratch (never
+        // unmapped, only the kernel's target), or not writable memory.
+        unsafe { aem(sys::THREAD_AREA, [area, size, flags, 0, 0, 0]) };
+    }
+
+    /// Store to the block word of the areas the thread may have
+    /// registered in its own pages, then ask for delivery.
+    fn block_word(&mut self) {
+        let at = self.own + 8 * self.rng.below(4);
+        let v = if self.rng.chance(1, 2) {
+            0
+        } else {
+            self.rng.range(1, 3) as u32
+        };
+        // SAFETY: own pages, no references into them.
+        unsafe { std::ptr::write_volatile(at as *mut u32, v) };
+        if v == 0 || self.rng.chance(1, 4) {
+            ctl(0, u64::from(uapi::AEM_CTL_DELIVER), 0);
+        }
+        if v != 0 && self.rng.chance(1, 2) {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(at as *mut u32, 0) };
+        }
+    }
+
+    fn unregister_some(&mut self) {
+        for _ in 0..self.rng.range(1, 8) {
+            if self.ids.is_empty() {
+                return;
+            }
+            let i = self.rng.below(self.ids.len() as u64) as usize;
+            let (id, _) = self.ids.swap_remove(i);
+            ctl(u64::from(id), u64::from(uapi::AEM_CTL_UNREGISTER), 0);
+        }
+    }
+
+    // ---- descriptors ----
+
+    fn add_fd(&mut self, fd: i32, kind: Kind) {
+        if fd < 0 {
+            return;
+        }
+        if self.fds.len() >= 40 {
+            let i = self.rng.below(self.fds.len() as u64) as usize;
+            let (old, _) = self.fds.swap_remove(i);
+            if old != fd {
+                sys::close(old);
+            }
+        }
+        self.fds.push((fd, kind));
+    }
+
+    fn nonblock(&mut self) -> i32 {
+        if self.rng.chance(4, 5) {
+            libc::O_NONBLOCK
+        } else {
+            0
+        }
+    }
+
+    fn fd_new(&mut self) {
+        let _guard = self.lock();
+        sys::stats().add(Counter::OtherCalls, 1);
+        let nb = self.nonblock();
+        // SAFETY (for the calls below): libc calls creating descriptors,
+        // with live arguments.
+        match self
+            .rng
+            .weighted(&[14, 8, 6, 4, 10, 8, 10, 6, 8, 5, 6, 5, 4, 3])
+        {
+            0 => {
+                let mut p = [0i32; 2];
+                // SAFETY: see above.
+                if unsafe { libc::pipe2(p.as_mut_ptr(), nb | libc::O_CLOEXEC) } == 0 {
+                    self.add_fd(p[0], Kind::Pipe);
+                    self.add_fd(p[1], Kind::Pipe);
+                }
+            }
+            1 => {
+                let fl = if nb != 0 { libc::EFD_NONBLOCK } else { 0 }
+                    | if self.rng.chance(1, 3) {
+                        libc::EFD_SEMAPHORE
+                    } else {
+                        0
+                    };
+                // SAFETY: see above.
+                let fd = unsafe { libc::eventfd(self.rng.below(3) as u32, fl) };
+                self.add_fd(fd, Kind::Eventfd);
+            }
+            2 => {
+                // SAFETY: see above.
+                let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK) };
+                if fd >= 0 {
+                    self.timerfd_arm(fd);
+                }
+                self.add_fd(fd, Kind::Timerfd);
+            }
+            3 => {
+                // SAFETY: an empty set, then SIGUSR1 in it.
+                let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+                // SAFETY: `set` is live.
+                unsafe {
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGUSR1);
+                }
+                // SAFETY: see above.
+                let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK) };
+                self.add_fd(fd, Kind::Signalfd);
+            }
+            4 => {
+                // SAFETY: see above.
+                let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+                self.add_fd(fd, Kind::Epoll);
+            }
+            5 => self.tcp_listen(),
+            6 => self.tcp_connect(),
+            7 => {
+                // SAFETY: see above.
+                let fd = unsafe {
+                    libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0)
+                };
+                if fd >= 0 {
+                    let sa = sockaddr_in(0);
+                    // SAFETY: a live sockaddr_in of that size.
+                    ign(unsafe {
+                        libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), size_of_sin())
+                    });
+                }
+                self.add_fd(fd, Kind::Udp);
+            }
+            8 => {
+                let ty =
+                    self.rng
+                        .pick(&[libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET]);
+                let mut p = [0i32; 2];
+                // SAFETY: see above.
+                if unsafe {
+                    libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_NONBLOCK, 0, p.as_mut_ptr())
+                } == 0
+                {
+                    self.add_fd(p[0], Kind::Unix);
+                    self.add_fd(p[1], Kind::Unix);
+                }
+            }
+            9 => self.unix_listen_or_connect(),
+            10 => {
+                let path = self.rng.pick(&[
+                    "/proc/self/stat",
+                    "/proc/self/aem",
+                    "/proc/loadavg",
+                    "/proc/self/status",
+                    "/proc/pressure/cpu",
+                    "/proc/self/mounts",
+                    "/proc/self/fdinfo/0",
+                    "/proc/sys/kernel/aem_overload",
+                ]);
+                let c = CString::new(path).expect("no NUL");
+                // SAFETY: a NUL-terminated path.
+                let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | nb) };
+                self.add_fd(fd, Kind::Proc);
+            }
+            11 => {
+                self.serial += 1;
+                let dir = if self.rng.chance(1, 2) {
+                    "/tmp"
+                } else {
+                    "/dev/shm"
+                };
+                let path = format!(
+                    "{dir}/aem-fuzz.{}.{}.{}",
+                    sys::getpid(),
+                    sys::gettid(),
+                    self.serial
+                );
+                let c = CString::new(path).expect("no NUL");
+                // SAFETY: a NUL-terminated path.
+                let fd =
+                    unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CREAT | nb, 0o600) };
+                if fd >= 0 {
+                    let data = [0x5au8; 512];
+                    let n = self.rng.below(512) as usize;
+                    // SAFETY: `data` is live; then the name goes.
+                    unsafe {
+                        ign(libc::write(fd, data.as_ptr().cast(), n));
+                        libc::unlink(c.as_ptr());
+                    }
+                }
+                self.add_fd(fd, Kind::File);
+            }
+            12 => {
+                let path = self
+                    .rng
+                    .pick(&["/dev/null", "/dev/zero", "/dev/urandom", "/dev/full"]);
+                let c = CString::new(path).expect("no NUL");
+                // SAFETY: a NUL-terminated path.
+                let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | nb) };
+                self.add_fd(fd, Kind::Dev);
+            }
+            _ => {
+                // SAFETY: see above.
+                let fd = match self.rng.below(3) {
+                    // SAFETY: no pointers.
+                    0 => unsafe { libc::inotify_init1(libc::IN_NONBLOCK) },
+                    // SAFETY: no pointers.
+                    1 => unsafe { libc::syscall(libc::SYS_pidfd_open, sys::getpid(), 0) as i32 },
+                    // SAFETY: a C string literal.
+                    _ => unsafe { libc::memfd_create(c"aem-fuzz".as_ptr(), 0) },
+                };
+                self.add_fd(fd, Kind::Other);
+            }
+        }
+    }
+
+    fn timerfd_arm(&mut self, fd: i32) {
+        let ns = self.rng.range(100_000, 5_000_000) as i64;
+        let iv = if self.rng.chance(1, 2) { ns } else { 0 };
+        let its = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: iv,
+            },
+            it_value: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: ns,
+            },
+        };
+        // SAFETY: a live itimerspec.
+        ign(unsafe { libc::timerfd_settime(fd, 0, &its, std::ptr::null_mut()) });
+    }
+
+    fn tcp_listen(&mut self) {
+        // SAFETY: plain socket calls with live arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+        if fd < 0 {
+            return;
+        }
+        let sa = sockaddr_in(0);
+        let mut got = sockaddr_in(0);
+        let mut len = size_of_sin();
+        // SAFETY: live sockaddrs of the sizes passed.
+        let ok = unsafe {
+            libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), size_of_sin()) == 0
+                && libc::listen(fd, self.rng.range(0, 16) as i32) == 0
+                && libc::getsockname(fd, (&mut got as *mut libc::sockaddr_in).cast(), &mut len) == 0
+        };
+        if ok {
+            let port = u16::from_be(got.sin_port);
+            if self.ports.len() >= 8 {
+                self.ports.remove(0);
+            }
+            self.ports.push(port);
+        }
+        self.add_fd(fd, Kind::TcpListen);
+    }
+
+    fn tcp_connect(&mut self) {
+        // Some port of ours (listening, or since closed: a reset), or one
+        // nobody listens on.
+        let port = if !self.ports.is_empty() && self.rng.chance(4, 5) {
+            self.rng.pick(&self.ports)
+        } else {
+            self.rng.range(1, 1023) as u16
+        };
+        // SAFETY: plain socket calls with live arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+        if fd < 0 {
+            return;
+        }
+        let sa = sockaddr_in(port);
+        // SAFETY: a live sockaddr_in.
+        ign(unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), size_of_sin()) });
+        self.add_fd(fd, Kind::Tcp);
+    }
+
+    fn unix_listen_or_connect(&mut self) {
+        // SAFETY: plain socket calls with live arguments.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+        if fd < 0 {
+            return;
+        }
+        let listen = self.unix_names.is_empty() || self.rng.chance(1, 3);
+        let name = if listen {
+            self.serial += 1;
+            format!(
+                "\0aem-fuzz-{}-{}-{}",
+                sys::getpid(),
+                sys::gettid(),
+                self.serial
+            )
+            .into_bytes()
+        } else {
+            self.rng
+                .pick(&self.unix_names.iter().collect::<Vec<_>>())
+                .clone()
+        };
+        // SAFETY: all-zero is a valid sockaddr_un.
+        let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sa.sun_family = libc::AF_UNIX as u16;
+        for (d, s) in sa.sun_path.iter_mut().zip(name.iter()) {
+            *d = *s as libc::c_char;
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + name.len()) as u32;
+        let sp = (&sa as *const libc::sockaddr_un).cast();
+        if listen {
+            // SAFETY: a live sockaddr_un of at least `len` bytes.
+            if unsafe { libc::bind(fd, sp, len) == 0 && libc::listen(fd, 8) == 0 } {
+                if self.unix_names.len() >= 8 {
+                    self.unix_names.remove(0);
+                }
+                self.unix_names.push(name);
+            }
+            self.add_fd(fd, Kind::UnixListen);
+        } else {
+            // SAFETY: as above.
+            ign(unsafe { libc::connect(fd, sp, len) });
+            self.add_fd(fd, Kind::Unix);
+        }
+    }
+
+    fn fd_close(&mut self) {
+        if self.fds.is_empty() {
+            return;
+        }
+        let i = self.rng.below(self.fds.len() as u64) as usize;
+        let (fd, _) = self.fds.swap_remove(i);
+        if self.rng.chance(1, 5) {
+            // An abortive close of a TCP socket: a reset.
+            let lg = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a live linger.
+            ign(unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&lg as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            });
+        }
+        sys::close(fd);
+    }
+
+    fn fd_dup2(&mut self) {
+        let Some(src) = self.pool_fd() else {
+            return;
+        };
+        let _guard = self.lock();
+        let kind = self
+            .fds
+            .iter()
+            .find(|(f, _)| *f == src)
+            .map(|x| x.1)
+            .unwrap_or(Kind::Other);
+        let dst = if self.rng.chance(2, 3) {
+            self.pool_fd().unwrap_or(3)
+        } else {
+            self.rng.range(3, 200) as i32
+        };
+        if dst <= 2 {
+            return;
+        }
+        sys::stats().add(Counter::OtherCalls, 1);
+        // SAFETY: dup2 onto a descriptor the fuzzer owns (everything but
+        // 0, 1 and 2 is the fuzzer's).
+        let r = unsafe { libc::dup2(src, dst) };
+        if r >= 0 && !self.fds.iter().any(|(f, _)| *f == dst) {
+            self.add_fd(dst, kind);
+        }
+    }
+
+    /// Make something happen on a descriptor: data, a connection, a
+    /// shutdown, a signal, a timer.
+    fn fd_poke(&mut self) {
+        let Some((fd, kind)) = (if self.fds.is_empty() {
+            None
+        } else {
+            Some(self.fds[self.rng.below(self.fds.len() as u64) as usize])
+        }) else {
+            return;
+        };
+        sys::stats().add(Counter::OtherCalls, 1);
+        let buf = [0x41u8; 256];
+        let n = self.rng.range(1, 256) as usize;
+        match kind {
+            Kind::TcpListen | Kind::UnixListen if self.rng.chance(1, 2) => {
+                let _guard = self.lock();
+                // SAFETY: accept without an address.
+                let c = unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_NONBLOCK,
+                    )
+                };
+                self.add_fd(
+                    c,
+                    if kind == Kind::TcpListen {
+                        Kind::Tcp
+                    } else {
+                        Kind::Unix
+                    },
+                );
+            }
+            Kind::TcpListen => self.tcp_connect(),
+            Kind::UnixListen => self.unix_listen_or_connect(),
+            Kind::Tcp | Kind::Unix | Kind::Udp if self.rng.chance(1, 6) => {
+                let how = self
+                    .rng
+                    .pick(&[libc::SHUT_RD, libc::SHUT_WR, libc::SHUT_RDWR]);
+                // SAFETY: no pointers.
+                ign(unsafe { libc::shutdown(fd, how) });
+            }
+            Kind::Udp => {
+                let mut me = sockaddr_in(0);
+                let mut len = size_of_sin();
+                // SAFETY: live buffers of the sizes passed.
+                unsafe {
+                    if libc::getsockname(fd, (&mut me as *mut libc::sockaddr_in).cast(), &mut len)
+                        == 0
+                    {
+                        ign(libc::sendto(
+                            fd,
+                            buf.as_ptr().cast(),
+                            n,
+                            libc::MSG_DONTWAIT,
+                            (&me as *const libc::sockaddr_in).cast(),
+                            len,
+                        ));
+                    }
+                }
+            }
+            Kind::Tcp | Kind::Unix => {
+                // SAFETY: a live buffer.
+                ign(unsafe {
+                    libc::send(
+                        fd,
+                        buf.as_ptr().cast(),
+                        n,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                });
+            }
+            Kind::Signalfd => {
+                // SAFETY: a signal to this thread; SIGUSR1 is blocked and
+                // has a no-op handler.
+                ign(unsafe {
+                    libc::syscall(
+                        libc::SYS_tgkill,
+                        sys::getpid(),
+                        sys::gettid(),
+                        libc::SIGUSR1,
+                    )
+                });
+            }
+            Kind::Timerfd => self.timerfd_arm(fd),
+            Kind::Eventfd => {
+                let v: u64 = self.rng.range(1, 3);
+                if self.writable(fd) {
+                    // SAFETY: a live u64.
+                    ign(unsafe { libc::write(fd, (&v as *const u64).cast(), 8) });
+                }
+            }
+            _ => {
+                if self.writable(fd) {
+                    // SAFETY: a live buffer; the fd was writable: at most
+                    // a race with another thread makes this block, and
+                    // the watchdog is there for that.
+                    ign(unsafe { libc::write(fd, buf.as_ptr().cast(), n.min(64)) });
+                }
+            }
+        }
+    }
+
+    fn writable(&self, fd: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: a live pollfd.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLOUT != 0 }
+    }
+
+    fn epoll_add(&mut self) {
+        let Some(ep) = self.pool_fd_of(&[Kind::Epoll]) else {
+            self.fd_new();
+            return;
+        };
+        let guard = self.lock();
+        let avoid = self.sh.cfg.avoids(crate::AVOID_CTX_EPOLL);
+        // Context fds first, when there are some: the nested sets that
+        // hold them are what the ctx-epoll-loop class is about.
+        let target = if !avoid && self.rng.chance(1, 3) {
+            self.pool_fd_of(&[Kind::Ctx, Kind::Epoll])
+                .or_else(|| self.pool_fd())
+        } else {
+            self.pool_fd()
+        };
+        let Some(target) = target else {
+            return;
+        };
+        // Avoided: no context fd goes into a set.  (A forked child, one
+        // thread, checks without the lock; so does everything after the
+        // check: the lock keeps other threads from putting a context fd
+        // at that number meanwhile.)
+        if avoid && is_context_fd(target) {
+            return;
+        }
+        let mut ev = libc::epoll_event {
+            events: self.epoll_events(),
+            u64: self.rng.next_u64(),
+        };
+        let op = self.rng.pick(&[
+            libc::EPOLL_CTL_ADD,
+            libc::EPOLL_CTL_ADD,
+            libc::EPOLL_CTL_MOD,
+            libc::EPOLL_CTL_DEL,
+        ]);
+        sys::stats().add(Counter::OtherCalls, 1);
+        // SAFETY: a live epoll_event.
+        ign(unsafe { libc::epoll_ctl(ep, op, target, &mut ev) });
+        drop(guard);
+        if self.rng.chance(1, 3) {
+            let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 8];
+            // SAFETY: a live array of 8 events.
+            ign(unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 8, self.rng.below(2) as i32) });
+        }
+    }
+
+    /// The ctx-epoll-loop class on purpose: the process's context fd in an
+    /// epoll set (maybe nested in another), an fd watch on the set, and a
+    /// timer whose records make the context readable.
+    fn ctx_epoll(&mut self) {
+        if self.sh.cfg.avoids(crate::AVOID_CTX_EPOLL) {
+            return;
+        }
+        sys::stats().add(Counter::OtherCalls, 1);
+        let ctx = ctl(
+            0,
+            u64::from(uapi::AEM_CTL_CONTEXT_FD),
+            libc::O_CLOEXEC as u64,
+        );
+        if ctx < 0 {
+            return;
+        }
+        let ctx = ctx as i32;
+        // SAFETY: no pointers.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        let mut ev = libc::epoll_event {
+            events: self.epoll_events() | libc::EPOLLIN as u32,
+            u64: 1,
+        };
+        // SAFETY: a live epoll_event.
+        ign(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ctx, &mut ev) });
+        let mut watched = ep;
+        if self.rng.chance(1, 2) {
+            // SAFETY: as above.
+            let outer = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            // SAFETY: a live epoll_event.
+            ign(unsafe { libc::epoll_ctl(outer, libc::EPOLL_CTL_ADD, ep, &mut ev) });
+            self.add_fd(outer, Kind::Epoll);
+            watched = outer;
+        }
+        self.add_fd(ep, Kind::Epoll);
+        self.add_fd(ctx, Kind::Ctx);
+        let inline = self.rng.chance(1, 3);
+        let mut a = [0u64; 11];
+        a[0] = u64::from(uapi::aem_source_kind::AEM_SOURCE_FD)
+            | if self.rng.chance(1, 2) {
+                u64::from(uapi::AEM_EV_LEVEL) << 32
+            } else {
+                0
+            };
+        if inline {
+            a[2] = handler::handler();
+            a[3] = handler::restorer();
+        }
+        a[5] = u64::from(watched as u32) | ((libc::EPOLLIN as u64) << 32);
+        // SAFETY: `a` is 88 bytes, the size passed.
+        let id = unsafe { aem(sys::REGISTER, [a.as_ptr() as u64, 88, 0, 0, 0, 0]) };
+        if id > 0 {
+            MAX_ID.fetch_max(id as u32, Relaxed);
+            self.ids.push((id as u32, false));
+        }
+        let mut t = [0u64; 11];
+        t[0] = u64::from(uapi::aem_source_kind::AEM_SOURCE_TIMER);
+        t[5] = libc::CLOCK_MONOTONIC as u64;
+        t[6] = self.rng.range(100_000, 2_000_000);
+        t[7] = if self.rng.chance(1, 2) {
+            self.rng.range(100_000, 2_000_000)
+        } else {
+            0
+        };
+        // SAFETY: `t` is 88 bytes, the size passed.
+        let id = unsafe { aem(sys::REGISTER, [t.as_ptr() as u64, 88, 0, 0, 0, 0]) };
+        if id > 0 {
+            MAX_ID.fetch_max(id as u32, Relaxed);
+            self.ids.push((id as u32, false));
+        }
+    }
+
+    fn ctx_fd(&mut self) {
+        let _guard = self.lock();
+        let arg = if self.rng.chance(1, 2) {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        let fd = ctl(0, u64::from(uapi::AEM_CTL_CONTEXT_FD), arg);
+        if fd >= 0 {
+            self.add_fd(fd as i32, Kind::Ctx);
+        }
+    }
+
+    // ---- processes, threads, the system ----
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: a live int.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            if libc::WIFSIGNALED(status) {
+                sys::stats().add(Counter::ChildSignals, 1);
+            }
+        }
+    }
+
+    /// fork(); in the child, `f` runs, then the child exits.
+    fn spawn_child(&mut self, f: impl FnOnce(&mut Self)) -> bool {
+        if self.child {
+            return false;
+        }
+        // SAFETY: fork in a threaded process: the child runs the fuzz
+        // loop as a single thread (no locks it could find held), then
+        // exits without unwinding.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            crate::report_fatal_signals(false);
+            self.child = true;
+            self.slot = None;
+            sys::alarm(10);
+            f(self);
+            sys::exit_group(0);
+        }
+        pid > 0
+    }
+
+    fn fork(&mut self) {
+        if self.sh.cfg.avoids(crate::AVOID_FORK) {
+            return;
+        }
+        let seed = self.rng.next_u64();
+        if self.spawn_child(|w| {
+            w.rng = Rng::new(seed);
+            let n = w.rng.range(10, 200);
+            w.run(n);
+        }) {
+            sys::stats().add(Counter::Forks, 1);
+        }
+    }
+
+    fn exec(&mut self) {
+        if self.sh.cfg.avoids(crate::AVOID_EXEC) {
+            return;
+        }
+        let seed = self.rng.next_u64();
+        let spawned = self.spawn_child(|w| {
+            w.rng = Rng::new(seed);
+            // Leave some registrations, an area and blocked delivery
+            // behind for exec to tear down.
+            let n = w.rng.range(5, 40);
+            w.run(n);
+            if w.rng.chance(1, 2) {
+                ctl(0, u64::from(uapi::AEM_CTL_BLOCK), 0);
+            }
+            if w.rng.chance(1, 3) {
+                // exec from a second thread: de_thread() kills the first.
+                let t = std::thread::spawn(move || handler::exec_child(seed));
+                let _ = t.join();
+            } else {
+                handler::exec_child(seed);
+            }
+        });
+        if spawned {
+            sys::stats().add(Counter::Execs, 1);
+        }
+    }
+
+    fn sacrifice(&mut self) {
+        if self.sh.cfg.avoids(crate::AVOID_SACRIFICE) {
+            return;
+        }
+        let seed = self.rng.next_u64();
+        if self.spawn_child(|w| crate::sacrifice::run(w, seed)) {
+            sys::stats().add(Counter::Sacrifices, 1);
+        }
+    }
+
+    fn thread(&mut self) {
+        if self.child || self.slot.is_none() || self.sh.cfg.avoids(crate::AVOID_THREADS) {
+            return;
+        }
+        sys::stats().add(Counter::Threads, 1);
+        let seed = derive(self.seed, self.rng.next_u64());
+        let sh = self.sh;
+        let own = self.own;
+        // A short-lived thread: inline registrations, maybe an area, then
+        // it ends with them still registered (or not).  It borrows this
+        // thread's own pages, unused while this one waits for it.
+        let ids = std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut w = Worker::new(sh, seed, None, Some(own));
+                let calls = w.rng.range(3, 30);
+                w.run(calls);
+                w.ids.iter().map(|x| x.0).collect::<Vec<_>>()
+            })
+            .join()
+            .unwrap_or_default()
+        });
+        for id in ids {
+            if self.ids.len() < self.cap {
+                self.ids.push((id, false));
+            } else {
+                ctl(u64::from(id), u64::from(uapi::AEM_CTL_UNREGISTER), 0);
+            }
+        }
+    }
+
+    fn overload(&mut self) {
+        if self.sh.cfg.avoids(crate::AVOID_OVERLOAD) {
+            return;
+        }
+        sys::stats().add(Counter::Overloads, 1);
+        let (path, value) = if self.rng.chance(2, 3) {
+            (
+                "/proc/sys/kernel/aem_overload",
+                self.rng.below(2).to_string(),
+            )
+        } else {
+            (
+                "/proc/sys/kernel/aem_shed_below",
+                self.rng.below(101).to_string(),
+            )
+        };
+        let _ = std::fs::write(path, value);
+    }
+
+    fn proc_read(&mut self) {
+        sys::stats().add(Counter::OtherCalls, 1);
+        let pid = if self.rng.chance(1, 2) {
+            sys::getpid()
+        } else {
+            // Some other process of the run, maybe gone.
+            sys::getpid() + self.rng.range(0, 40) as i32 - 20
+        };
+        let file = self.rng.pick(&["aem", "status", "fdinfo/3", "stat"]);
+        let _ = std::fs::read(format!("/proc/{pid}/{file}"));
+    }
+
+    fn sleep(&mut self) {
+        let ms = self.rng.below(3) as i32;
+        let mut pfds: Vec<libc::pollfd> = self
+            .fds
+            .iter()
+            .take(16)
+            .map(|(fd, _)| libc::pollfd {
+                fd: *fd,
+                events: libc::POLLIN | libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        sys::stats().add(Counter::OtherCalls, 1);
+        // SAFETY: a live array of that many pollfds.
+        ign(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as u64, ms) });
+    }
+
+    fn rlimit(&mut self) {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: live rlimits.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+                rl.rlim_cur = self.rng.range(64, rl.rlim_max.clamp(64, 1024));
+                ign(libc::setrlimit(libc::RLIMIT_NOFILE, &rl));
+            }
+        }
+        if self.sh.cfg.avoids(crate::AVOID_PILEUP) {
+            let threads = self.sh.cfg.threads.max(1) as usize;
+            self.cap = (self.sh.cfg.cap / threads)
+                .min(nofile_soft() as usize / 2 / threads)
+                .max(4);
+        }
+    }
+
+    /// Run the sacrificial scenarios' fuzz loop (a sacrificial child).
+    pub fn run_sacrificial(&mut self, calls: u64) {
+        self.run(calls);
+    }
+
+    /// This worker's memory (for the sacrificial scenarios).
+    pub fn mem(&self) -> Mem {
+        self.sh.mem
+    }
+}
+
+/// Make the attributes `a` (as u64 words) valid but for the source's
+/// arguments: a known source, known flags, a priority in range, no
+/// reserved or stray bits, a timer that the kernel takes.
+fn sanitize(a: &mut [u64; 11]) {
+    let mut source = (a[0] & 0xffff_ffff) as u32;
+    if !(1..=5).contains(&source) {
+        source = uapi::aem_source_kind::AEM_SOURCE_TIMER;
+    }
+    let mut flags = ((a[0] >> 32) as u32) & 0x3f;
+    let inline = a[2] != 0 && a[3] != 0;
+    if !inline {
+        a[2] = 0;
+        a[3] = 0;
+        flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST);
+    } else {
+        a[2] = handler::handler();
+        a[3] = handler::restorer();
+    }
+    if source == uapi::aem_source_kind::AEM_SOURCE_TIMER {
+        flags &= !uapi::AEM_EV_LEVEL;
+        let clock = (a[5] & 0xffff_ffff) as i32;
+        if ![
+            libc::CLOCK_MONOTONIC,
+            libc::CLOCK_REALTIME,
+            libc::CLOCK_BOOTTIME,
+        ]
+        .contains(&clock)
+        {
+            a[5] = libc::CLOCK_MONOTONIC as u64;
+        }
+        a[5] &= 0x1_ffff_ffff; // ABSTIME at most
+        if a[6] == 0 || a[6] > i64::MAX as u64 {
+            a[6] = 2_000_000;
+        }
+        if a[7] != 0 && !(1000..=i64::MAX as u64).contains(&a[7]) {
+            a[7] = 0;
+        }
+        if inline && a[7] != 0 {
+            a[7] = a[7].max(1_000_000);
+        }
+        a[8..].fill(0);
+    } else if source == uapi::aem_source_kind::AEM_SOURCE_READ {
+        let len = (a[5] >> 32).clamp(1, 1 << 16);
+        a[5] = (a[5] & 0xffff_ffff) | (len << 32);
+        a[7..].fill(0);
+    } else {
+        a[6..].fill(0);
+    }
+    a[0] = u64::from(source) | (u64::from(flags) << 32);
+    a[1] %= 100;
+}
+
+/// Whether `fd` is an AEM context file now.
+fn is_context_fd(fd: i32) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.to_string_lossy().contains("[aem]"))
+        .unwrap_or(false)
+}
+
+/// The soft RLIMIT_NOFILE.
+pub fn nofile_soft() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Unblock every signal but SIGUSR1 (signalfd's), after a handler
+/// returned through a frame with another mask.
+fn restore_mask() {
+    // SAFETY: a local sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+fn sockaddr_in(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn size_of_sin() -> u32 {
+    std::mem::size_of::<libc::sockaddr_in>() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitized_attributes_are_valid() {
+        let mut r = Rng::new(3);
+        for _ in 0..1000 {
+            let mut a = [0u64; 11];
+            for w in a.iter_mut() {
+                *w = r.interesting_u64();
+            }
+            sanitize(&mut a);
+            let source = a[0] as u32;
+            let flags = (a[0] >> 32) as u32;
+            assert!((1..=5).contains(&source));
+            assert_eq!(flags & !0x3f, 0);
+            assert!(a[1] < 100, "priority and reserved0");
+            assert_eq!(a[2] == 0, a[3] == 0, "handler and restorer go together");
+            if source == uapi::aem_source_kind::AEM_SOURCE_TIMER {
+                assert!(a[6] != 0 && a[6] <= i64::MAX as u64);
+                assert!(a[7] == 0 || a[7] >= 1000);
+                assert!(a[8..].iter().all(|&w| w == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn op_names() {
+        assert_eq!(op_name(0), "query");
+        assert_eq!(op_name(9999), "?");
+        assert!(OPS.iter().all(|o| o.1 > 0));
+    }
+}
