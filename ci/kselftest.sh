@@ -403,7 +403,7 @@ compare() {
 	            r["%s %s" % (m.group(2), d)] = "skip" if "# SKIP" in d.upper() else ("fail" if m.group(1) else "pass")
 	    return r
 	st, so, si = load(sys.argv[1]); ae, ao, ai = load(sys.argv[2])
-	rt, _, _ = load(sys.argv[4])     # the AEM retry of the first run's regressions
+	rt, ro, _ = load(sys.argv[4])     # the AEM retry of the first run's regressions
 	names = [l.split()[0] for l in open(sys.argv[3]) if l.strip() and not l.startswith("#")]
 	for tag, i in (("stock", si), ("aem", ai)):
 	    print("%-5s kernel %s, image sha256 %s..., guest status(es) %s, %s s" % (
@@ -428,7 +428,12 @@ compare() {
 	        ts, ta = tap(so.get(n, [])), tap(ao.get(n, []))
 	        sub = [k for k, v in ts.items() if v == "pass" and ta.get(k) != "pass" and ta]
 	        if sub:
-	            subregress.append((n, sub)); bad = True
+	            first.append(n)
+	            tr = tap(ro.get(n, []))
+	            if tr and all(tr.get(k) == "pass" for k in sub):
+	                a = (a[0] + ",retry:subtests-pass", a[1]); flaky.append(n)
+	            else:
+	                subregress.append((n, sub)); bad = True
 	    counts[(s[0].split("(")[0], a[0].split("(")[0])] = counts.get((s[0].split("(")[0], a[0].split("(")[0]), 0) + 1
 	    print("%-46s %-12s %-12s %s/%s%s" % (n, s[0], a[0], s[1], a[1], "  REGRESSION" if bad else ""))
 	    md.append("| `%s` | %s | %s | %s / %s |%s" % (n, s[0], a[0], s[1], a[1], " **regression** |" if bad else " |"))
