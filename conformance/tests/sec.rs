@@ -758,3 +758,228 @@ fn sec_3_a_process_stalled_on_its_own_memory_holds_up_nobody_else() {
     assert!(took < 2 * SEC, "aem_overload=0 took {took:?}");
     assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
 }
+
+// Item 12: a record whose source acted (a connection accepted, bytes read)
+// but which could not be written to user space is delivered later, not
+// lost.
+
+std::arch::global_asm!(
+    ".pushsection .text.aem_sec_restorers, \"ax\"",
+    ".globl aem_sec_restorer",
+    "aem_sec_restorer:",
+    "mov rdi, rax",
+    "mov eax, {nr}",
+    "syscall",
+    "ud2",
+    // Returns through the copy of the handler's frame at aem_sec_moved_sp.
+    ".globl aem_sec_moved_frame_restorer",
+    "aem_sec_moved_frame_restorer:",
+    "mov rdi, rax",
+    "mov rsp, qword ptr [rip + aem_sec_moved_sp]",
+    "mov eax, {nr}",
+    "syscall",
+    "ud2",
+    ".popsection",
+    ".pushsection .data.aem_sec_moved_sp, \"aw\"",
+    ".balign 8",
+    ".globl aem_sec_moved_sp",
+    "aem_sec_moved_sp:",
+    ".quad 0",
+    ".popsection",
+    nr = const aem_syscalls::uapi::__NR_aem_return,
+);
+
+extern "C" {
+    fn aem_sec_restorer();
+    fn aem_sec_moved_frame_restorer();
+    static mut aem_sec_moved_sp: u64;
+}
+
+/// What the trigger handler makes ready: a connection to this port, or
+/// bytes in the pipe whose write end is this fd.
+static MAKE_CONNECTION_TO: AtomicU64 = AtomicU64::new(0);
+static MAKE_BYTES_ON: AtomicU64 = AtomicU64::new(u64::MAX);
+static LISTENER_FD: AtomicU64 = AtomicU64::new(0);
+static CLIENT_FD: AtomicU64 = AtomicU64::new(u64::MAX);
+/// A page-aligned mapping the trigger handler moves its frame to.
+static MOVED_FRAME_PAGE: AtomicU64 = AtomicU64::new(0);
+static RECORDS: AtomicU64 = AtomicU64::new(0);
+static RECORD_DATA: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of `struct rt_sigframe` (440) and then some: the frame's extended
+/// FPU state stays where it is, found through its pointer in the context.
+const FRAME_COPY: usize = 512;
+
+/// The trigger: makes the second event pending while it runs (a handler is
+/// never interrupted by another), then returns through a read-only copy of
+/// its own frame.  aem_return() chains the pending event's handler on that
+/// frame: the source acts, and the record cannot be written.
+extern "C" fn make_ready_then_return_on_a_read_only_frame(
+    _id: i64,
+    _rec: *const u8,
+    uc: *mut u8,
+) -> i64 {
+    let port = MAKE_CONNECTION_TO.load(SeqCst) as u16;
+    // SAFETY: plain system calls on this test's descriptors and memory;
+    // the frame is the kernel's, FRAME_COPY bytes of it are readable
+    // (the signal context, and the FPU state above it), and the page is
+    // this test's mapping.
+    unsafe {
+        if port != 0 {
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            libc::connect(
+                s,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of_val(&sin) as u32,
+            );
+            CLIENT_FD.store(s as u64, SeqCst);
+            // The connection is in the backlog when the listener polls in.
+            let mut pfd = libc::pollfd {
+                fd: LISTENER_FD.load(SeqCst) as i32,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            libc::poll(&mut pfd, 1, 2000);
+        } else {
+            libc::write(
+                MAKE_BYTES_ON.load(SeqCst) as i32,
+                b"kept".as_ptr().cast(),
+                4,
+            );
+        }
+        let page = MOVED_FRAME_PAGE.load(SeqCst) as *mut u8;
+        // The frame starts 8 bytes below the context (the return
+        // address); the copy keeps its alignment, (frame + 8) % 16 == 0.
+        let frame = uc.sub(8);
+        std::ptr::copy_nonoverlapping(frame, page.add(8), FRAME_COPY);
+        libc::mprotect(page.cast(), aem_conformance::page_size(), libc::PROT_READ);
+        *std::ptr::addr_of_mut!(aem_sec_moved_sp) = page as u64 + 16;
+    }
+    aem_syscalls::uapi::AEM_HANDLER_UNREGISTER as i64
+}
+
+extern "C" fn note_record(_id: i64, rec: *const aem_syscalls::aem_record, _uc: *mut u8) -> i64 {
+    // SAFETY: the kernel passes the record it wrote into the frame.
+    RECORD_DATA.store(unsafe { (*rec).data[0] }, SeqCst);
+    RECORDS.fetch_add(1, SeqCst);
+    aem_syscalls::uapi::AEM_HANDLER_DISARM as i64
+}
+
+fn register_inline_attr(
+    mut attr: aem_syscalls::aem_event_attr,
+    handler: u64,
+    restorer: unsafe extern "C" fn(),
+) -> u32 {
+    attr.handler = handler;
+    attr.restorer = restorer as *const () as u64;
+    // SAFETY: `attr` is a live attribute structure of the size passed.
+    unsafe { aem_syscalls::aem_register(&attr, std::mem::size_of_val(&attr), 0) }.expect("register")
+}
+
+/// Runs the scenario for an accept or read registration `attr`; returns
+/// how many records its handler got and the last one's data[0].
+fn deliver_through_a_failing_chained_frame(attr: aem_syscalls::aem_event_attr) -> (u64, u64) {
+    use aem_syscalls::uapi;
+    let page = aem_conformance::Mapping::new(1, libc::PROT_READ | libc::PROT_WRITE).unwrap();
+    MOVED_FRAME_PAGE.store(page.addr() as u64, SeqCst);
+    let trigger = aem_conformance::eventfd();
+    let mut trig_attr = aem_syscalls::aem_event_attr {
+        source: uapi::aem_source_kind::AEM_SOURCE_FD,
+        flags: uapi::AEM_EV_ONESHOT,
+        ..Default::default()
+    };
+    trig_attr.__bindgen_anon_1.fd = uapi::aem_fd_source {
+        fd: trigger.as_raw_fd(),
+        events: libc::EPOLLIN as u32,
+    };
+    register_inline_attr(attr, note_record as *const () as u64, aem_sec_restorer);
+    register_inline_attr(
+        trig_attr,
+        make_ready_then_return_on_a_read_only_frame as *const () as u64,
+        aem_sec_moved_frame_restorer,
+    );
+    // Both handlers run on the way back from this write.
+    aem_conformance::eventfd_add(&trigger, 1);
+    let end = Instant::now() + SEC;
+    while RECORDS.load(SeqCst) == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (RECORDS.load(SeqCst), RECORD_DATA.load(SeqCst))
+}
+
+#[test]
+fn sec_3_accepted_connection_survives_a_record_that_could_not_be_written() {
+    let code = in_child(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        MAKE_CONNECTION_TO.store(u64::from(l.local_addr().unwrap().port()), SeqCst);
+        LISTENER_FD.store(l.as_raw_fd() as u64, SeqCst);
+        let mut attr = aem_syscalls::aem_event_attr {
+            source: aem_syscalls::uapi::aem_source_kind::AEM_SOURCE_ACCEPT,
+            ..Default::default()
+        };
+        attr.__bindgen_anon_1.accept = aem_syscalls::uapi::aem_accept_source {
+            fd: l.as_raw_fd(),
+            flags: aem_syscalls::uapi::AEM_ACCEPT_CLOEXEC,
+        };
+        let (records, data) = deliver_through_a_failing_chained_frame(attr);
+        if records != 1 {
+            eprintln!("{records} accept records: the accepted connection was lost");
+            return 1;
+        }
+        let fd = data as i64;
+        if fd < 0 {
+            eprintln!("accept record with error {fd}");
+            return 2;
+        }
+        // SAFETY: the record hands this process the new descriptor.
+        let accepted = unsafe { std::net::TcpStream::from_raw_fd(fd as RawFd) };
+        // SAFETY: CLIENT_FD is the client socket the handler made.
+        let client = unsafe { std::net::TcpStream::from_raw_fd(CLIENT_FD.load(SeqCst) as RawFd) };
+        if accepted.peer_addr().unwrap() != client.local_addr().unwrap() {
+            eprintln!("the record's fd is not the connection made");
+            return 3;
+        }
+        0
+    });
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn sec_3_bytes_read_survive_a_record_that_could_not_be_written() {
+    static mut BUF: [u8; 16] = [0; 16];
+    let code = in_child(|| {
+        let (r, w) = pipe();
+        MAKE_BYTES_ON.store(w.as_raw_fd() as u64, SeqCst);
+        let mut attr = aem_syscalls::aem_event_attr {
+            source: aem_syscalls::uapi::aem_source_kind::AEM_SOURCE_READ,
+            ..Default::default()
+        };
+        attr.__bindgen_anon_1.read = aem_syscalls::uapi::aem_read_source {
+            fd: r.as_raw_fd(),
+            len: 16,
+            buf: std::ptr::addr_of_mut!(BUF) as u64,
+        };
+        let (records, data) = deliver_through_a_failing_chained_frame(attr);
+        if records != 1 || data != 4 {
+            eprintln!("{records} read records, last {data}: the bytes read were lost");
+            return 1;
+        }
+        // SAFETY: the kernel wrote the buffer before the record; no
+        // handler runs any more (the event disarmed itself).
+        let buf = unsafe { std::ptr::read_volatile(std::ptr::addr_of!(BUF)) };
+        if &buf[..4] != b"kept" {
+            eprintln!("the buffer does not hold the bytes");
+            return 2;
+        }
+        0
+    });
+    assert_eq!(code, 0);
+}

@@ -134,6 +134,66 @@ fn deliv_4_block_word_defers_and_deliver_runs_the_event_once() {
 }
 
 #[test]
+fn deliv_4_block_word_lets_one_event_at_most_interrupt_a_blocking_call() {
+    // Twenty events queued one after another, each a kick of this thread.
+    // The first finds the block word set, and the kernel sets `pending`;
+    // after that the thread is bound to call AEM_CTL_DELIVER, so the
+    // others do not cut its epoll_wait() short.
+    const EVENTS: usize = 20;
+    with_area(|area| {
+        let efds: Vec<Arc<OwnedFd>> = (0..EVENTS).map(|_| Arc::new(eventfd())).collect();
+        let handlers: Vec<Counted> = efds.iter().map(|e| counted(e)).collect();
+        // SAFETY: epoll_create1 has no memory-safety preconditions.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(ep >= 0);
+
+        set_block(area, 1);
+        let writer = {
+            let efds = efds.clone();
+            std::thread::spawn(move || {
+                for e in &efds {
+                    std::thread::sleep(Duration::from_millis(5));
+                    eventfd_add(&**e, 1);
+                }
+            })
+        };
+        let (mut eintr, mut timeouts) = (0, 0);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(EVENTS as u64 * 5 + 200) {
+            let mut ev = libc::epoll_event { events: 0, u64: 0 };
+            // SAFETY: `ev` has room for the one event asked for.
+            match unsafe { libc::epoll_wait(ep, &mut ev, 1, 50) } {
+                0 => timeouts += 1,
+                -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {
+                    eintr += 1
+                }
+                r => panic!("epoll_wait: {r} {}", std::io::Error::last_os_error()),
+            }
+        }
+        writer.join().unwrap();
+        let runs: u64 = handlers.iter().map(|h| h.runs.load(SeqCst)).sum();
+        assert_eq!(runs, 0, "delivered while blocked");
+        assert!(
+            eintr <= 1,
+            "{eintr} EINTRs from {EVENTS} deferred events ({timeouts} timeouts)"
+        );
+        assert_eq!(pending(area), 1);
+
+        set_block(area, 0);
+        deliver().unwrap();
+        let runs: u64 = handlers.iter().map(|h| h.runs.load(SeqCst)).sum();
+        assert_eq!(runs, EVENTS as u64, "each deferred event ran once");
+        // Delivered, the thread is interrupted by new events again.
+        let h0 = &handlers[0];
+        eventfd_add(&*efds[0], 1);
+        assert_eq!(h0.runs.load(SeqCst), 2);
+        // SAFETY: closing our own epoll fd.
+        unsafe { libc::close(ep) };
+        drop(handlers);
+    });
+}
+
+#[test]
 fn deliv_4_block_word_combines_with_aem_ctl_block() {
     with_area(|area| {
         let efd = eventfd();
