@@ -97,7 +97,7 @@ const _: () = {
     ["Offset of field: aem_fd_source::events"]
         [::core::mem::offset_of!(aem_fd_source, events) - 4usize];
 };
-#[doc = " struct aem_timer_source - AEM_SOURCE_TIMER arguments\n @clockid:     CLOCK_MONOTONIC, CLOCK_REALTIME or CLOCK_BOOTTIME.\n @flags:       AEM_TIMER_ABSTIME, or 0 for a time relative to now.\n @value_ns:    first expiry, in nanoseconds; must not be 0.\n @interval_ns: period after the first expiry; 0 for a one-shot timer."]
+#[doc = " struct aem_timer_source - AEM_SOURCE_TIMER arguments\n @clockid:     CLOCK_MONOTONIC, CLOCK_REALTIME or CLOCK_BOOTTIME.\n @flags:       AEM_TIMER_ABSTIME, or 0 for a time relative to now.\n @value_ns:    first expiry, in nanoseconds: 1 to 2^63 - 1 (KTIME_MAX).\n @interval_ns: period after the first expiry; 0 for a one-shot timer,\n               else AEM_TIMER_MIN_INTERVAL_NS to 2^63 - 1."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct aem_timer_source {

@@ -271,7 +271,7 @@ fn api_3_register_rejects_bad_arguments() {
         );
     }
     type Breaker = fn(&mut uapi::aem_event_attr);
-    let cases: [(&str, Breaker); 12] = [
+    let cases: [(&str, Breaker); 15] = [
         ("unknown source", |a| a.source = 77),
         ("source 0", |a| a.source = 0),
         ("unimplemented source", |a| {
@@ -291,6 +291,16 @@ fn api_3_register_rejects_bad_arguments() {
         }),
         ("bad clock", |a| {
             a.__bindgen_anon_1.timer.clockid = libc::CLOCK_PROCESS_CPUTIME_ID as u32
+        }),
+        // Beyond ktime_t: the header and the man page say so.
+        ("value of 2^63 ns", |a| {
+            a.__bindgen_anon_1.timer.value_ns = 1 << 63
+        }),
+        ("interval of 2^63 ns", |a| {
+            a.__bindgen_anon_1.timer.interval_ns = 1 << 63
+        }),
+        ("interval below 1 us", |a| {
+            a.__bindgen_anon_1.timer.interval_ns = 999
         }),
         // SAFETY: every bit pattern is valid for the union's u64 array.
         ("unused union bytes", |a| unsafe {

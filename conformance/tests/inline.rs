@@ -360,6 +360,61 @@ fn exec_5_keepalive_runs_handlers_until_a_signal() {
     );
 }
 
+static USR1_HANDLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_usr1(_: libc::c_int) {
+    USR1_HANDLED.store(true, SeqCst);
+}
+
+#[test]
+fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
+    // The SIGTERM a busy server gets arrives while a handler runs: the
+    // signal's handler runs on top of it, and the keepalive the AEM
+    // handler interrupted must still end, not sleep on.
+    let code = aem_conformance::in_child(|| {
+        // SAFETY: installs handlers that only store to an atomic or do
+        // nothing; the watchdog alarm ends a keepalive that sleeps on.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = note_usr1 as *const () as usize;
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+            sa.sa_sigaction = on_usr1 as *const () as usize;
+            assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
+        }
+        let _reg = aem::register_inline(
+            after(Duration::from_millis(20), None),
+            Options::default(),
+            |_| {
+                // SAFETY: raise() only sends a signal to this thread; its
+                // handler runs on the way back from the call.
+                unsafe { libc::raise(libc::SIGUSR1) };
+                Action::Rearm
+            },
+        )
+        .unwrap();
+        // SAFETY: alarm has no preconditions.
+        unsafe { libc::alarm(3) };
+        let start = Instant::now();
+        let err = aem::run();
+        let took = start.elapsed();
+        // SAFETY: as above.
+        unsafe { libc::alarm(0) };
+        if err != aem::Error::Os(aem::Errno(libc::EINTR)) || !USR1_HANDLED.load(SeqCst) {
+            eprintln!(
+                "keepalive: {err:?}, SIGUSR1 handled: {}",
+                USR1_HANDLED.load(SeqCst)
+            );
+            return 1;
+        }
+        if took >= Duration::from_secs(2) {
+            eprintln!("the keepalive slept on for {took:?} after the signal handler ran");
+            return 2;
+        }
+        0
+    });
+    assert_eq!(code, 0);
+}
+
 #[test]
 fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
     static SP: AtomicU64 = AtomicU64::new(0);

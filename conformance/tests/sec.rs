@@ -677,9 +677,9 @@ const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
-/// A page whose first touch blocks until the process is killed: a
-/// userfaultfd range that nobody serves.
-fn unserved_page() -> *mut u8 {
+/// A userfaultfd for missing pages of `len` bytes at `start`, a mapping
+/// of ours: their first touch blocks until the fd is served.
+fn register_userfaultfd(start: u64, len: u64) -> RawFd {
     // SAFETY: userfaultfd takes no pointers.
     let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as RawFd;
     assert!(uffd >= 0, "userfaultfd: {}", io::Error::last_os_error());
@@ -690,16 +690,23 @@ fn unserved_page() -> *mut u8 {
     };
     // SAFETY: `api` is a live struct uffdio_api.
     assert_eq!(unsafe { libc::ioctl(uffd, UFFDIO_API, &mut api) }, 0);
-    let page = aem_conformance::Mapping::new(1, libc::PROT_READ | libc::PROT_WRITE).unwrap();
     let mut reg = UffdioRegister {
-        start: page.addr() as u64,
-        len: aem_conformance::page_size() as u64,
+        start,
+        len,
         mode: UFFDIO_REGISTER_MODE_MISSING,
         ioctls: 0,
     };
     // SAFETY: `reg` is a live struct uffdio_register for our mapping.
     let rc = unsafe { libc::ioctl(uffd, UFFDIO_REGISTER, &mut reg) };
     assert_eq!(rc, 0, "UFFDIO_REGISTER: {}", io::Error::last_os_error());
+    uffd
+}
+
+/// A page whose first touch blocks until the process is killed: a
+/// userfaultfd range that nobody serves.
+fn unserved_page() -> *mut u8 {
+    let page = aem_conformance::Mapping::new(1, libc::PROT_READ | libc::PROT_WRITE).unwrap();
+    register_userfaultfd(page.addr() as u64, aem_conformance::page_size() as u64);
     let addr = page.addr();
     // Both stay for the life of the (short-lived) process.
     std::mem::forget(page);
@@ -981,5 +988,158 @@ fn sec_3_bytes_read_survive_a_record_that_could_not_be_written() {
         }
         0
     });
+    assert_eq!(code, 0);
+}
+
+// Item 8: an event shed while its record was out, then requeued, stays on
+// the shed list alone (before the fix it was linked into the inline queue
+// as well, and ending the overload walked a corrupt list).
+
+static SHED_TARGET_EFD: AtomicU64 = AtomicU64::new(0);
+/// Two pages: the first ordinary, the second registered with userfaultfd.
+static SPLIT_FRAME_PAGES: AtomicU64 = AtomicU64::new(0);
+static RECORD_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Offset of `info` in the x86_64 `struct rt_sigframe`: the return
+/// address (8) and the `ucontext` (304) come first.
+const FRAME_INFO_OFFSET: usize = 312;
+
+/// Activates the target event while it runs, then returns through a copy
+/// of its frame whose context sits on the ordinary page and whose record
+/// slot is the first byte of the userfaultfd page: aem_return() dequeues
+/// the target to chain it, and stalls writing its record.
+extern "C" fn activate_then_return_on_a_split_frame(_id: i64, _rec: *const u8, uc: *mut u8) -> i64 {
+    aem_conformance::eventfd_add(
+        // SAFETY: the eventfd outlives the child process's use of it.
+        &unsafe { std::os::fd::BorrowedFd::borrow_raw(SHED_TARGET_EFD.load(SeqCst) as RawFd) },
+        1,
+    );
+    let second_page = SPLIT_FRAME_PAGES.load(SeqCst) as usize + aem_conformance::page_size();
+    // (frame + 8) % 16 == 0 holds: second_page - 312 is 8 modulo 16.
+    let moved = (second_page - FRAME_INFO_OFFSET) as *mut u8;
+    // SAFETY: the frame's return address and context are readable on the
+    // stack, and `moved` has FRAME_INFO_OFFSET bytes of the first page.
+    unsafe {
+        std::ptr::copy_nonoverlapping(uc.sub(8), moved, FRAME_INFO_OFFSET);
+        *std::ptr::addr_of_mut!(aem_sec_moved_sp) = moved as u64 + 8;
+    }
+    aem_syscalls::uapi::AEM_HANDLER_UNREGISTER as i64
+}
+
+extern "C" fn note_count(_id: i64, rec: *const aem_syscalls::aem_record, _uc: *mut u8) -> i64 {
+    // SAFETY: the kernel passes the record it wrote into the frame.
+    RECORD_COUNT.fetch_add(unsafe { (*rec).count }, SeqCst);
+    RECORDS.fetch_add(1, SeqCst);
+    aem_syscalls::uapi::AEM_HANDLER_REARM as i64
+}
+
+/// `struct uffdio_range` (linux/userfaultfd.h).
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
+
+#[test]
+fn sec_2_event_shed_while_its_record_is_out_is_requeued_once() {
+    use aem_syscalls::uapi;
+    std::fs::write(OVERLOAD, "0").unwrap();
+    let code = in_child(|| {
+        let page = aem_conformance::page_size();
+        let pages = aem_conformance::Mapping::new(2, libc::PROT_READ | libc::PROT_WRITE).unwrap();
+        // SAFETY: the first page is ours to write.
+        unsafe { std::ptr::write_bytes(pages.addr(), 0, page) };
+        SPLIT_FRAME_PAGES.store(pages.addr() as u64, SeqCst);
+        let second = pages.addr() as u64 + page as u64;
+        let uffd = register_userfaultfd(second, page as u64);
+
+        let target = aem_conformance::eventfd();
+        SHED_TARGET_EFD.store(target.as_raw_fd() as u64, SeqCst);
+        let trigger = aem_conformance::eventfd();
+        let mut attr = aem_syscalls::aem_event_attr {
+            source: uapi::aem_source_kind::AEM_SOURCE_FD,
+            ..Default::default()
+        };
+        attr.__bindgen_anon_1.fd = uapi::aem_fd_source {
+            fd: target.as_raw_fd(),
+            events: libc::EPOLLIN as u32,
+        };
+        let target_id =
+            register_inline_attr(attr, note_count as *const () as u64, aem_sec_restorer);
+        attr.flags = uapi::AEM_EV_ONESHOT;
+        attr.__bindgen_anon_1.fd.fd = trigger.as_raw_fd();
+        register_inline_attr(
+            attr,
+            activate_then_return_on_a_split_frame as *const () as u64,
+            aem_sec_moved_frame_restorer,
+        );
+
+        // While this thread stalls on the record slot, with the target
+        // dequeued: overload, activate the target again (it is shed),
+        // then make the slot fail.
+        let server = std::thread::spawn(move || {
+            let mut pfd = libc::pollfd {
+                fd: uffd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let mut msg = [0u8; 32];
+            // SAFETY: poll and read into live buffers; mprotect and the
+            // wake-up concern the test's own page.
+            unsafe {
+                assert_eq!(
+                    libc::poll(&mut pfd, 1, 10_000),
+                    1,
+                    "no fault on the record slot"
+                );
+                assert_eq!(libc::read(uffd, msg.as_mut_ptr().cast(), 32), 32);
+                std::fs::write(OVERLOAD, "1").unwrap();
+                aem_conformance::eventfd_add(
+                    &std::os::fd::BorrowedFd::borrow_raw(SHED_TARGET_EFD.load(SeqCst) as RawFd),
+                    1,
+                );
+                assert_eq!(
+                    libc::mprotect(second as *mut libc::c_void, page, libc::PROT_NONE),
+                    0
+                );
+                let mut range = UffdioRange {
+                    start: second,
+                    len: page as u64,
+                };
+                assert_eq!(libc::ioctl(uffd, UFFDIO_WAKE, &mut range), 0);
+            }
+        });
+        aem_conformance::eventfd_add(&trigger, 1);
+        server.join().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        if RECORDS.load(SeqCst) != 0 {
+            eprintln!("the shed event ran during the overload");
+            return 1;
+        }
+        let row = proc_row(target_id).unwrap();
+        if row.pending != 2 {
+            eprintln!("{row:?}: two activations should be pending");
+            return 2;
+        }
+        // The end of the overload queues it, once, with both activations.
+        std::fs::write(OVERLOAD, "0").unwrap();
+        let end = Instant::now() + SEC;
+        while RECORDS.load(SeqCst) == 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if (RECORDS.load(SeqCst), RECORD_COUNT.load(SeqCst)) != (1, 2) {
+            eprintln!(
+                "{} records, count {}: want 1 record of 2 activations",
+                RECORDS.load(SeqCst),
+                RECORD_COUNT.load(SeqCst)
+            );
+            return 3;
+        }
+        0
+    });
+    std::fs::write(OVERLOAD, "0").unwrap();
     assert_eq!(code, 0);
 }
