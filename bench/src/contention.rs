@@ -219,6 +219,16 @@ pub fn perf6() {
             fifo_epoll_target(),
         ),
     ];
+    if std::env::var_os("AEM_BENCH_DUMP").is_some() {
+        for (_, what, v) in &rows {
+            eprintln!("{what}: {:?}", &v[v.len() - 12..]);
+            let mut h = std::collections::BTreeMap::new();
+            for x in v {
+                *h.entry(x / 100 * 100).or_insert(0) += 1;
+            }
+            eprintln!("  hist {h:?}");
+        }
+    }
     stop.store(true, SeqCst);
     for h in hogs {
         h.join().expect("hog");
