@@ -21,6 +21,8 @@ JOBS=${JOBS:-$(nproc)}
 
 # shellcheck source=../kernel-patches/pin
 . "$PATCHES/pin"
+# shellcheck source=kconfig.sh
+. "$TOP/ci/kconfig.sh"
 
 # FILE_PATH_CHANGES asks for a MAINTAINERS update whenever a patch adds a
 # file; ours land in kernel/aem/, which patch 0001's entry already covers.
@@ -144,28 +146,7 @@ configure() {
 	[ "$KCONFIG" = debug ] && frags+=("$PATCHES/config/debug.config")
 	[ "$KCONFIG" = default ] || [ "$KCONFIG" = debug ] ||
 		die "KCONFIG must be 'default' or 'debug', not '$KCONFIG'"
-	local stamp
-	stamp=$(cat "${frags[@]}" "$TREE/Makefile" | sha256sum | cut -d' ' -f1)
-	[ -f "$OBJ/.config" ] && [ "$(cat "$OBJ/.aem-config-stamp" 2>/dev/null)" = "$stamp" ] && return
-	log "configuring ($KCONFIG): tinyconfig + ${frags[*]##*/}"
-	mkdir -p "$OBJ"
-	make -s -C "$TREE" O="$OBJ" tinyconfig >/dev/null
-	(cd "$TREE" && scripts/kconfig/merge_config.sh -m -O "$OBJ" "$OBJ/.config" "${frags[@]}" >/dev/null)
-	make -s -C "$TREE" O="$OBJ" olddefconfig >/dev/null
-	# A fragment line that did not survive olddefconfig is a typo or an
-	# unmet dependency: fail now rather than boot a kernel without it.
-	local bad=0 line
-	while IFS= read -r line; do
-		case "$line" in
-		CONFIG_*=*) grep -qxF "$line" "$OBJ/.config" || { echo "kernel: not in final .config: $line" >&2; bad=1; } ;;
-		"# CONFIG_"*" is not set")
-			local sym=${line#\# }
-			sym=${sym%% *}
-			grep -q "^$sym=" "$OBJ/.config" && { echo "kernel: not unset: $line" >&2; bad=1; } ;;
-		esac
-	done < <(cat "${frags[@]}")
-	[ $bad -eq 0 ] || die "config fragments not applied"
-	echo "$stamp" >"$OBJ/.aem-config-stamp"
+	kconfig_apply "$TREE" "$OBJ" "${frags[@]}"
 }
 
 build() {

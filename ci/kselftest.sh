@@ -37,6 +37,8 @@ HDR="$OBJ/usr"		# UAPI headers of the stock tree
 
 log() { echo "kselftest: $*" >&2; }
 die() { echo "kselftest: error: $*" >&2; exit 1; }
+# shellcheck source=kconfig.sh
+. "$TOP/ci/kconfig.sh"
 
 cc=gcc
 command -v ccache >/dev/null && cc="ccache gcc"
@@ -59,26 +61,9 @@ stock_fragment() {
 }
 
 stock_configure() {
-	local frag="$KS/stock.config" stamp
+	local frag="$KS/stock.config"
 	stock_fragment >"$frag"
-	stamp=$(cat "$frag" "$STOCK/Makefile" | sha256sum | cut -d' ' -f1)
-	[ -f "$OBJ/.config" ] && [ "$(cat "$OBJ/.aem-config-stamp" 2>/dev/null)" = "$stamp" ] && return
-	log "configuring stock: tinyconfig + aem.config minus CONFIG_AEM*"
-	mkdir -p "$OBJ"
-	make -s -C "$STOCK" O="$OBJ" tinyconfig >/dev/null
-	(cd "$STOCK" && scripts/kconfig/merge_config.sh -m -O "$OBJ" "$OBJ/.config" "$frag" >/dev/null)
-	make -s -C "$STOCK" O="$OBJ" olddefconfig >/dev/null
-	local bad=0 line sym
-	while IFS= read -r line; do
-		case "$line" in
-		CONFIG_*=*) grep -qxF "$line" "$OBJ/.config" || { log "not in final .config: $line"; bad=1; } ;;
-		"# CONFIG_"*" is not set")
-			sym=${line#\# }; sym=${sym%% *}
-			grep -q "^$sym=" "$OBJ/.config" && { log "not unset: $line"; bad=1; } ;;
-		esac
-	done <"$frag"
-	[ $bad -eq 0 ] || die "stock config fragment not applied"
-	echo "$stamp" >"$OBJ/.aem-config-stamp"
+	kconfig_apply "$STOCK" "$OBJ" "$frag"
 }
 
 stock_headers() {
