@@ -37,6 +37,19 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// For `?` in functions returning [`std::io::Result`]: an errno stays that
+/// errno; no AEM in the kernel, or another ABI, is [`Unsupported`].
+///
+/// [`Unsupported`]: std::io::ErrorKind::Unsupported
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Os(errno) => std::io::Error::from_raw_os_error(errno.0),
+            other => std::io::Error::new(std::io::ErrorKind::Unsupported, other),
+        }
+    }
+}
+
 impl From<aem_syscalls::Error> for Error {
     fn from(e: aem_syscalls::Error) -> Self {
         match e {
@@ -60,6 +73,15 @@ mod tests {
             Error::from(aem_syscalls::Error::Os(Errno::EFAULT)),
             Error::Os(Errno::EFAULT)
         );
+    }
+
+    #[test]
+    fn errors_convert_to_io_errors() {
+        let e = std::io::Error::from(Error::Os(Errno(libc::EMFILE)));
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+        let e = std::io::Error::from(Error::NotAvailable);
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("ENOSYS"), "{e}");
     }
 
     #[test]

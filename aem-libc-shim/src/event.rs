@@ -366,14 +366,19 @@ impl From<&uapi::aem_record> for Record {
     }
 }
 
-/// Wait for pending polled events and take up to `max` (1 to 1024) of
-/// them.  `None` waits for ever; an elapsed timeout gives an empty vector.
+/// Wait for pending polled events and take up to `max` of them: at most
+/// 1024 a call (`AEM_WAIT_MAX_RECORDS`), a larger `max` takes 1024; 0 is
+/// `EINVAL`.  `None` waits for ever; an elapsed timeout gives an empty
+/// vector.
 /// A signal ends the wait with `Error::Os(EINTR)`.
 ///
 /// Not handler-safe: a handler that waits holds back every other event of
 /// its thread.
 pub fn wait(max: usize, timeout: Option<Duration>) -> Result<Vec<Record>, Error> {
     crate::not_handler_safe("aem::wait");
+    // The kernel takes at most AEM_WAIT_MAX_RECORDS a call: asking for
+    // more asks for that many (and allocates no more).
+    let max = max.min(uapi::AEM_WAIT_MAX_RECORDS as usize);
     let mut raw = vec![uapi::aem_record::default(); max];
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,

@@ -46,6 +46,10 @@ impl FdWriter {
                 if e.kind() != io::ErrorKind::Interrupted {
                     self.error = Some(e);
                 }
+            } else if n == 0 {
+                // write(2) took nothing and said no error: asking again
+                // would spin for ever.
+                self.error = Some(io::ErrorKind::WriteZero.into());
             } else {
                 done += n as usize;
             }

@@ -407,3 +407,29 @@ fn shim_1_signals_arrive_as_events_with_their_numbers() {
         aem::Error::Os(aem::Errno(libc::EINVAL))
     );
 }
+
+#[test]
+fn shim_1_wait_for_more_records_than_a_call_takes_is_capped() {
+    // 1,100 polled timers expired; asking for usize::MAX records used to
+    // try to allocate that many (a capacity-overflow panic).
+    let regs: Vec<aem::Registration> = (0..1100)
+        .map(|_| {
+            let timer = Source::Timer {
+                clock: aem::Clock::Monotonic,
+                expiry: aem::Expiry::After(Duration::from_millis(1)),
+                interval: None,
+            };
+            aem::register(timer, Options::default()).unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let first = aem::wait(usize::MAX, Some(Duration::ZERO)).unwrap();
+    assert_eq!(first.len(), 1024, "one call takes AEM_WAIT_MAX_RECORDS");
+    let rest = aem::wait(usize::MAX, Some(Duration::ZERO)).unwrap();
+    assert_eq!(rest.len(), 76);
+    assert_eq!(
+        aem::wait(0, Some(Duration::ZERO)),
+        Err(aem::Error::Os(aem::Errno(libc::EINVAL)))
+    );
+    drop(regs);
+}
