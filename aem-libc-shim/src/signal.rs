@@ -67,15 +67,24 @@ where
             return Err(Error::Os(Errno(libc::EINVAL)));
         }
     }
-    // SAFETY: `set` is initialised; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, core::ptr::null_mut()) };
+    // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `set` is initialised, `old` is a live sigset_t to fill.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
     if rc != 0 {
         return Err(Error::Os(Errno(rc)));
     }
+    // A failure below gives the thread its mask back: signals blocked with
+    // no event to read them would be lost to the program.
+    let restore_mask = |e: Error| {
+        // SAFETY: `old` is the mask pthread_sigmask returned.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+        e
+    };
     // SAFETY: `set` is initialised; -1 asks for a new descriptor.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
     if fd < 0 {
-        return Err(last_error());
+        return Err(restore_mask(last_error()));
     }
     // SAFETY: a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -106,7 +115,8 @@ where
                 }
             }
         },
-    )?;
+    )
+    .map_err(restore_mask)?;
     Ok(SignalRegistration {
         _event: event,
         _fd: fd,
