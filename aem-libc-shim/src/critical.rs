@@ -89,6 +89,19 @@ thread_local! {
 /// with `block` at 0, as the first section opens.
 #[cold]
 fn first_use(area: &Area) {
+    // Sections run inside code that must keep errno (an allocator called
+    // from C): the registration's failure must not show through.
+    // SAFETY: __errno_location() is this thread's errno, valid for the
+    // thread's life.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *errno };
+    decide_mode(area);
+    // SAFETY: as above.
+    unsafe { *errno = saved };
+}
+
+fn decide_mode(area: &Area) {
     let ptr = area as *const Area as *mut uapi::aem_thread_area;
     // SAFETY: `area` is this thread's `AREA`, in static TLS: it lives as
     // long as the thread, and the kernel only touches it in this thread's
@@ -199,9 +212,17 @@ fn syscall_block(block: bool) {
     } else {
         uapi::AEM_CTL_UNBLOCK
     };
-    // Balanced by construction; EOVERFLOW after 2^32 nested blocks of
-    // other code is the only failure, and then delivery stays blocked.
-    let _ = aem_syscalls::aem_ctl(0, op, 0);
+    // Balanced by construction; the only failure is EOVERFLOW after 2^32
+    // nested blocks of other code.  A section that did not block could be
+    // interrupted by a handler sharing its state: fail closed.
+    // (Straight to fd 2: this crate's output opens a section itself.)
+    if aem_syscalls::aem_ctl(0, op, 0).is_err() && block {
+        const MSG: &[u8] =
+            b"aem: AEM_CTL_BLOCK failed: a critical section cannot be opened; aborting\n";
+        // SAFETY: writes a static buffer of its length.
+        unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
+        std::process::abort();
+    }
 }
 
 /// The nesting depth of this thread's open critical sections.

@@ -464,3 +464,57 @@ fn shim_1_failed_on_signals_leaves_the_signal_mask_as_it_was() {
     .join()
     .unwrap();
 }
+
+/// Another library's thread area, for the thread of the errno test.
+static OTHER_AREA: AtomicU64 = AtomicU64::new(0);
+/// errno after the first section, or u64::MAX if the setup failed.
+static ERRNO_AFTER: AtomicU64 = AtomicU64::new(0);
+
+/// A thread that allocates nothing through the shim before its first
+/// section (the test binary's allocator opens sections itself).
+extern "C" fn first_section_beside_another_area(_: *mut libc::c_void) -> *mut libc::c_void {
+    let area = OTHER_AREA
+        .as_ptr()
+        .cast::<aem_syscalls::uapi::aem_thread_area>();
+    // SAFETY: a static area, unregistered before the thread ends.
+    if unsafe { aem_syscalls::aem_thread_area(area, 8, 0) }.is_err() {
+        ERRNO_AFTER.store(u64::MAX, SeqCst);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: this thread's errno.
+    unsafe { *libc::__errno_location() = libc::EBADMSG };
+    // The shim's own registration fails (EBUSY): it blocks with system
+    // calls instead, and must not leave EBUSY in errno.
+    aem::critical(|| {});
+    // SAFETY: as above.
+    ERRNO_AFTER.store(unsafe { *libc::__errno_location() } as u64, SeqCst);
+    // SAFETY: unregistering only makes the kernel forget the pointer.
+    let _ = unsafe {
+        aem_syscalls::aem_thread_area(area, 8, aem_syscalls::uapi::AEM_THREAD_AREA_UNREGISTER)
+    };
+    std::ptr::null_mut()
+}
+
+#[test]
+fn shim_3_first_section_beside_another_area_keeps_errno() {
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: a plain thread running a function that takes no argument.
+    let rc = unsafe {
+        libc::pthread_create(
+            &mut t,
+            std::ptr::null(),
+            first_section_beside_another_area,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: `t` was created above and is joined once.
+    assert_eq!(unsafe { libc::pthread_join(t, std::ptr::null_mut()) }, 0);
+    let errno = ERRNO_AFTER.load(SeqCst);
+    assert_ne!(errno, u64::MAX, "the other area could not be registered");
+    assert_eq!(
+        errno,
+        libc::EBADMSG as u64,
+        "the first section changed errno"
+    );
+}
