@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use aem_syscalls::uapi;
 
+use crate::owner::Owner;
 use crate::socket::{AcceptFlags, StateChange};
 use crate::{Errno, Error, SourceKind};
 
@@ -155,6 +156,8 @@ pub struct Options {
 #[derive(Debug)]
 pub struct Registration {
     id: u32,
+    /// A copy inherited over `fork()` is inert (see `owner.rs`).
+    owner: Owner,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -229,12 +232,25 @@ pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_
     attr
 }
 
+/// `aem_ctl()` on the event `id` of a handle made by `owner`: `ENOENT`
+/// in a `fork()` child, where the id would name another event.
+pub(crate) fn ctl_owned(owner: Owner, id: u32, op: u32, arg: u64) -> Result<(), Error> {
+    if !owner.is_current() {
+        return Err(Error::Os(Errno(libc::ENOENT)));
+    }
+    aem_syscalls::aem_ctl(id as i32, op, arg)?;
+    Ok(())
+}
+
 /// Register an event for polled delivery.
 pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Error> {
     let attr = attr_for(source, options);
     // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
     let id = unsafe { aem_syscalls::aem_register(&attr, size_of::<uapi::aem_event_attr>(), 0) }?;
-    Ok(Registration { id })
+    Ok(Registration {
+        id,
+        owner: Owner::current(),
+    })
 }
 
 impl Registration {
@@ -244,8 +260,7 @@ impl Registration {
     }
 
     fn ctl(&self, op: u32, arg: u64) -> Result<(), Error> {
-        aem_syscalls::aem_ctl(self.id as i32, op, arg)?;
-        Ok(())
+        ctl_owned(self.owner, self.id, op, arg)
     }
 
     /// Deliver the event again; activations counted meanwhile are queued.

@@ -18,7 +18,8 @@ use core::ptr;
 
 use aem_syscalls::uapi;
 
-use crate::event::{attr_for, Options, Record, Source};
+use crate::event::{attr_for, ctl_owned, Options, Record, Source};
+use crate::owner::Owner;
 use crate::Error;
 
 /// What a handler asks the kernel to do with its event.
@@ -148,6 +149,8 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
 pub struct InlineRegistration {
     id: u32,
     handler: *mut Handler,
+    /// A copy inherited over `fork()` is inert (see `owner.rs`).
+    owner: Owner,
 }
 
 /// Register an event whose `handler` the kernel runs in the main flow of
@@ -179,7 +182,11 @@ where
     attr.cookie = handler as u64;
     // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
     match unsafe { aem_syscalls::aem_register(&attr, size_of::<uapi::aem_event_attr>(), 0) } {
-        Ok(id) => Ok(InlineRegistration { id, handler }),
+        Ok(id) => Ok(InlineRegistration {
+            id,
+            handler,
+            owner: Owner::current(),
+        }),
         Err(e) => {
             // SAFETY: the kernel refused the registration: nothing else
             // holds the box.
@@ -197,21 +204,21 @@ impl InlineRegistration {
 
     /// Deliver the event again after a [`Action::Disarm`] or a disable.
     pub fn enable(&self) -> Result<(), Error> {
-        aem_syscalls::aem_ctl(self.id as i32, uapi::AEM_CTL_ENABLE, 0)?;
-        Ok(())
+        ctl_owned(self.owner, self.id, uapi::AEM_CTL_ENABLE, 0)
     }
 
     /// Stop delivering the event; activations are still counted.
     pub fn disable(&self) -> Result<(), Error> {
-        aem_syscalls::aem_ctl(self.id as i32, uapi::AEM_CTL_DISABLE, 0)?;
-        Ok(())
+        ctl_owned(self.owner, self.id, uapi::AEM_CTL_DISABLE, 0)
     }
 }
 
 impl Drop for InlineRegistration {
     fn drop(&mut self) {
-        // ENOENT: a one-shot event, or one whose handler unregistered it.
-        let _ = aem_syscalls::aem_ctl(self.id as i32, uapi::AEM_CTL_UNREGISTER, 0);
+        // ENOENT: a one-shot event, or one whose handler unregistered it,
+        // or a copy inherited over fork() (the child's own closure copy is
+        // freed below all the same).
+        let _ = ctl_owned(self.owner, self.id, uapi::AEM_CTL_UNREGISTER, 0);
         if RUNNING.get() == self.handler {
             // Dropped by its own handler: freed when the handler returns.
             RETIRED.set(true);

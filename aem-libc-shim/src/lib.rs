@@ -63,6 +63,7 @@ mod event;
 mod features;
 mod inline;
 pub mod io;
+mod owner;
 mod signal;
 mod socket;
 pub mod sync;

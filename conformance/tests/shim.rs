@@ -518,3 +518,45 @@ fn shim_3_first_section_beside_another_area_keeps_errno() {
         "the first section changed errno"
     );
 }
+
+fn hour_timer() -> Source<'static> {
+    Source::Timer {
+        clock: aem::Clock::Monotonic,
+        expiry: aem::Expiry::After(Duration::from_secs(3600)),
+        interval: None,
+    }
+}
+
+#[test]
+fn shim_1_handle_inherited_over_fork_leaves_the_childs_event_alone() {
+    let code = in_child(|| {
+        let inherited = aem::register(hour_timer(), Options::default()).unwrap();
+        let efd = eventfd();
+        let inherited_inline =
+            aem::register_inline(readable(&efd), Options::default(), |_| Action::Rearm).unwrap();
+        in_child(|| {
+            // A new context numbers its events from 1 again: the child's
+            // own events take the ids of the copies it inherited.
+            let mine = aem::register(hour_timer(), Options::default()).unwrap();
+            let mine_inline =
+                aem::register_inline(readable(&efd), Options::default(), |_| Action::Rearm)
+                    .unwrap();
+            if (mine.id(), mine_inline.id()) != (inherited.id(), inherited_inline.id()) {
+                eprintln!("ids differ: the test proves nothing");
+                return 2;
+            }
+            if inherited.disable() != Err(aem::Error::Os(aem::Errno(libc::ENOENT))) {
+                eprintln!("the inherited handle reached the child's event");
+                return 3;
+            }
+            drop(inherited);
+            drop(inherited_inline);
+            if proc_row(mine.id()).is_none() || proc_row(mine_inline.id()).is_none() {
+                eprintln!("dropping inherited handles unregistered the child's events");
+                return 1;
+            }
+            0
+        })
+    });
+    assert_eq!(code, 0);
+}
