@@ -127,6 +127,11 @@ pub enum Source<'fd> {
     },
 }
 
+/// The smallest alternate signal stack [`Options::onstack`] accepts: room
+/// for the handler frame (up to some 3 KiB of extended FPU state) and a
+/// closure that formats, allocates and locks.
+pub const ONSTACK_MIN_SIZE: usize = 32 * 1024;
+
 /// How an event is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Options {
@@ -144,7 +149,10 @@ pub struct Options {
     /// Register disabled.
     pub disabled: bool,
     /// Inline handlers only: run on the thread's alternate signal stack
-    /// (`sigaltstack(2)`) when it has one.
+    /// (`sigaltstack(2)`).  The registering thread must have one of at
+    /// least [`ONSTACK_MIN_SIZE`] bytes installed, else registering fails
+    /// with `EINVAL`: the one `std` gives each thread, a few pages for its
+    /// stack-overflow message, is too small to run a closure on.
     pub onstack: bool,
     /// Inline handlers only: do not boost the thread that runs it.
     pub noboost: bool,

@@ -167,6 +167,16 @@ where
     register_inline_attr(attr_for(source, options), handler)
 }
 
+/// Whether the calling thread has an alternate signal stack a handler can
+/// run on (see [`Options::onstack`]).
+fn has_handler_sized_altstack() -> bool {
+    // SAFETY: stack_t is plain data, filled in by sigaltstack.
+    let mut ss: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: a null new stack only reads the current one into `ss`.
+    let rc = unsafe { libc::sigaltstack(ptr::null(), &mut ss) };
+    rc == 0 && ss.ss_flags & libc::SS_DISABLE == 0 && ss.ss_size >= crate::event::ONSTACK_MIN_SIZE
+}
+
 /// [`register_inline`] for ready-made attributes.
 pub(crate) fn register_inline_attr<F>(
     mut attr: uapi::aem_event_attr,
@@ -175,6 +185,9 @@ pub(crate) fn register_inline_attr<F>(
 where
     F: FnMut(&Record) -> Action + Send + 'static,
 {
+    if attr.flags & uapi::AEM_EV_ONSTACK != 0 && !has_handler_sized_altstack() {
+        return Err(Error::Os(aem_syscalls::Errno(libc::EINVAL)));
+    }
     let boxed: Box<Handler> = Box::new(Box::new(handler));
     let handler = Box::into_raw(boxed);
     attr.handler = aem_shim_entry as *const () as u64;

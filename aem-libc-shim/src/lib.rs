@@ -73,7 +73,7 @@ pub use critical::{critical, critical_depth, critical_section, CriticalSection};
 pub use error::{Errno, Error};
 pub use event::{
     context_fd, register, wait, Clock, EventData, Expiry, FdEvents, Options, Record, Registration,
-    Source,
+    Source, ONSTACK_MIN_SIZE,
 };
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
 pub use inline::{

@@ -416,6 +416,41 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
 }
 
 #[test]
+fn exec_1_onstack_without_a_handler_sized_alternate_stack_is_einval() {
+    std::thread::spawn(|| {
+        let efd = eventfd();
+        let onstack = Options {
+            onstack: true,
+            ..Default::default()
+        };
+        // A std thread has std's own small alternate stack only.
+        let r = aem::register_inline(readable(&efd), onstack, |_| Action::Rearm);
+        assert_eq!(r.err(), Some(aem::Error::Os(aem::Errno(libc::EINVAL))));
+        let mut alt = vec![0u8; aem::ONSTACK_MIN_SIZE];
+        let ss = libc::stack_t {
+            ss_sp: alt.as_mut_ptr().cast(),
+            ss_flags: 0,
+            ss_size: alt.len(),
+        };
+        // SAFETY: `alt` outlives the registration and the stack's use
+        // (disabled below).
+        assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
+        let reg = aem::register_inline(readable(&efd), onstack, |_| Action::Rearm);
+        assert!(reg.is_ok(), "{reg:?}");
+        drop(reg);
+        let off = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: disables the alternate stack before `alt` goes.
+        assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
 fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
     static SP: AtomicU64 = AtomicU64::new(0);
     let mut alt = vec![0u8; 64 * 1024];
