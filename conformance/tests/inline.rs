@@ -415,6 +415,18 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
     assert_eq!(code, 0);
 }
 
+/// Turn the calling thread's alternate signal stack off (before the memory
+/// it used goes).
+fn disable_altstack() {
+    let off = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: disables the alternate stack; no pointer is kept.
+    assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
+}
+
 #[test]
 fn exec_1_onstack_without_a_handler_sized_alternate_stack_is_einval() {
     std::thread::spawn(|| {
@@ -438,13 +450,7 @@ fn exec_1_onstack_without_a_handler_sized_alternate_stack_is_einval() {
         let reg = aem::register_inline(readable(&efd), onstack, |_| Action::Rearm);
         assert!(reg.is_ok(), "{reg:?}");
         drop(reg);
-        let off = libc::stack_t {
-            ss_sp: std::ptr::null_mut(),
-            ss_flags: libc::SS_DISABLE,
-            ss_size: 0,
-        };
-        // SAFETY: disables the alternate stack before `alt` goes.
-        assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
+        disable_altstack();
     })
     .join()
     .unwrap();
@@ -477,13 +483,7 @@ fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
     .unwrap();
     eventfd_add(&efd, 1);
     drop(reg);
-    let off = libc::stack_t {
-        ss_sp: std::ptr::null_mut(),
-        ss_flags: libc::SS_DISABLE,
-        ss_size: 0,
-    };
-    // SAFETY: disables the alternate stack.
-    assert_eq!(unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) }, 0);
+    disable_altstack();
     let sp = SP.load(SeqCst);
     let range = alt.as_ptr() as u64..alt.as_ptr() as u64 + alt.len() as u64;
     assert!(
