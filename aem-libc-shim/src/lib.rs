@@ -47,7 +47,8 @@
 //!   your own the same way with [`not_handler_safe`]);
 //! - data shared with the main flow only behind [`sync::Mutex`], or
 //!   touched by the main flow only inside a [`critical_section`];
-//! - output only through this crate's macros, not `std`'s;
+//! - output only through this crate's macros, not `std`'s, and logging
+//!   through [`log`]'s macros with this crate's backend ([`mod@log`]);
 //! - the heap only when the program's global allocator is
 //!   [`HandlerSafeAlloc`].
 //!
@@ -63,6 +64,7 @@ mod event;
 mod features;
 mod inline;
 pub mod io;
+pub mod log;
 mod owner;
 mod signal;
 mod socket;

@@ -293,9 +293,19 @@ fn line_is_whole(l: &str) -> bool {
     }
 }
 
-#[test]
-fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events() {
-    const EVENTS: u64 = 100_000;
+/// In a child process whose descriptor `fd` is a pipe, after `setup()`:
+/// an inline handler (`on_event`) on an eventfd that another thread fires `events` times,
+/// while the main flow runs `main_round(1, 2, ...)` until the firing is
+/// done (and at least 1000 rounds); then `finish()`.  Returns the child's
+/// wait status and what it wrote to `fd`.
+fn interleaved(
+    fd: i32,
+    setup: fn(),
+    events: u64,
+    on_event: fn(&Record),
+    main_round: fn(u64),
+    finish: fn(),
+) -> (i32, String) {
     let (r, w) = aem_conformance::pipe();
     let reader = std::thread::spawn(move || {
         let mut out = String::new();
@@ -303,19 +313,12 @@ fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events()
         out
     });
     let status = in_child_status(|| {
-        // SAFETY: stdout becomes the pipe's write end.
-        unsafe { libc::dup2(w.as_raw_fd(), 1) };
+        // SAFETY: `fd` becomes the pipe's write end.
+        unsafe { libc::dup2(w.as_raw_fd(), fd) };
+        setup();
         let efd = eventfd();
-        let _reg = aem::register_inline(readable(&efd), Options::default(), |rec| {
-            let n = {
-                let mut t = TALLY.lock();
-                t.handler_runs += 1;
-                t.activations += rec.count;
-                t.handler_runs
-            };
-            // Allocates (the line, the Vec) and prints, inside the handler.
-            let words: Vec<String> = vec![line("handler", n)];
-            aem::println!("{}", words[0]);
+        let _reg = aem::register_inline(readable(&efd), Options::default(), move |rec| {
+            on_event(rec);
             Action::Rearm
         })
         .unwrap();
@@ -326,7 +329,7 @@ fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events()
         let done = Arc::new(AtomicBool::new(false));
         let d = done.clone();
         let firer = std::thread::spawn(move || {
-            for _ in 0..EVENTS {
+            for _ in 0..events {
                 eventfd_add(&efd2, 1);
             }
             d.store(true, SeqCst);
@@ -334,22 +337,13 @@ fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events()
         let mut i = 0u64;
         while !done.load(SeqCst) || i < 1000 {
             i += 1;
-            let s = line("main", i);
-            aem::println!("{s}");
-            let mut t = TALLY.lock();
-            t.main_rounds += 1;
+            main_round(i);
         }
         firer.join().unwrap();
         // Every activation has kicked this thread; a return from the
         // kernel lets the last ones in.
         std::thread::sleep(Duration::from_millis(10));
-        let t = TALLY.lock();
-        aem::println!(
-            "total handler_runs={} activations={} main_rounds={}",
-            t.handler_runs,
-            t.activations,
-            t.main_rounds
-        );
+        finish();
         0
     });
     drop(w);
@@ -357,6 +351,43 @@ fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events()
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "status {status:#x}"
+    );
+    (status, out)
+}
+
+#[test]
+fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events() {
+    const EVENTS: u64 = 100_000;
+    let (_, out) = interleaved(
+        1,
+        || {},
+        EVENTS,
+        |rec| {
+            let n = {
+                let mut t = TALLY.lock();
+                t.handler_runs += 1;
+                t.activations += rec.count;
+                t.handler_runs
+            };
+            // Allocates (the line, the Vec) and prints, inside the handler.
+            let words: Vec<String> = vec![line("handler", n)];
+            aem::println!("{}", words[0]);
+        },
+        |i| {
+            let s = line("main", i);
+            aem::println!("{s}");
+            let mut t = TALLY.lock();
+            t.main_rounds += 1;
+        },
+        || {
+            let t = TALLY.lock();
+            aem::println!(
+                "total handler_runs={} activations={} main_rounds={}",
+                t.handler_runs,
+                t.activations,
+                t.main_rounds
+            );
+        },
     );
     let mut lines: Vec<&str> = out.lines().collect();
     let total = lines.pop().expect("no output");
@@ -559,4 +590,55 @@ fn shim_1_handle_inherited_over_fork_leaves_the_childs_event_alone() {
         })
     });
     assert_eq!(code, 0);
+}
+
+#[test]
+fn shim_3_log_records_from_handlers_and_main_flow_are_whole_lines() {
+    static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
+    static MAIN_ROUNDS: AtomicU64 = AtomicU64::new(0);
+    let (_, out) = interleaved(
+        2,
+        || aem::log::init(log::LevelFilter::Info).unwrap(),
+        20_000,
+        |_| {
+            let n = HANDLER_RUNS.fetch_add(1, SeqCst) + 1;
+            log::info!("{}", line("handler", n));
+            log::debug!("filtered out");
+        },
+        |i| {
+            log::warn!("{}", line("main", i));
+            MAIN_ROUNDS.fetch_add(1, SeqCst);
+        },
+        || {
+            log::error!(
+                "total {} {}",
+                HANDLER_RUNS.load(SeqCst),
+                MAIN_ROUNDS.load(SeqCst)
+            )
+        },
+    );
+    let mut lines: Vec<&str> = out.lines().collect();
+    let total: Vec<u64> = lines
+        .pop()
+        .and_then(|l| l.strip_prefix("ERROR shim: total "))
+        .expect("no total line")
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let broken: Vec<&&str> = lines
+        .iter()
+        .filter(|l| {
+            !(l.strip_prefix("INFO  shim: ")
+                .is_some_and(|m| m.starts_with("handler "))
+                || l.strip_prefix("WARN  shim: ")
+                    .is_some_and(|m| m.starts_with("main ")))
+                || !line_is_whole(l.split_once(": ").unwrap().1)
+        })
+        .take(5)
+        .collect();
+    assert!(broken.is_empty(), "broken lines: {broken:?}");
+    let handler_lines = lines.iter().filter(|l| l.starts_with("INFO")).count() as u64;
+    assert_eq!(handler_lines, total[0]);
+    assert_eq!(lines.len() as u64 - handler_lines, total[1]);
+    assert!(total[0] > 1, "the events were never interleaved");
 }
