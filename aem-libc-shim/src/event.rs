@@ -252,9 +252,13 @@ pub(crate) fn ctl_owned(owner: Owner, id: u32, op: u32, arg: u64) -> Result<(), 
 
 /// Register an event for polled delivery.
 pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Error> {
-    let attr = attr_for(source, options);
+    register_attr(&attr_for(source, options))
+}
+
+/// [`register`] for ready-made attributes.
+pub(crate) fn register_attr(attr: &uapi::aem_event_attr) -> Result<Registration, Error> {
     // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
-    let id = unsafe { aem_syscalls::aem_register(&attr, size_of::<uapi::aem_event_attr>(), 0) }?;
+    let id = unsafe { aem_syscalls::aem_register(attr, size_of::<uapi::aem_event_attr>(), 0) }?;
     Ok(Registration {
         id,
         owner: Owner::current(),

@@ -9,6 +9,11 @@
 //! interrupts a handler with another event of the process, saves and
 //! restores every register and the FPU state around it, and this crate
 //! saves and restores `errno`.
+//!
+//! The compiler cannot check what a handler touches, so every function
+//! that registers one is `unsafe`; the contract its caller keeps is
+//! written once, in the `# Safety` section of [`register_inline`], and the
+//! others refer to it.
 
 use core::arch::global_asm;
 use core::cell::Cell;
@@ -156,7 +161,82 @@ pub struct InlineRegistration {
 /// Register an event whose `handler` the kernel runs in the main flow of
 /// the calling thread.  [`Options::cookie`] is used by this crate and
 /// ignored.
-pub fn register_inline<F>(
+///
+/// ```no_run
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::Duration;
+///
+/// static TICKS: AtomicU64 = AtomicU64::new(0);
+/// let tick = Duration::from_millis(10);
+/// let timer = aem::Source::Timer {
+///     clock: aem::Clock::Monotonic,
+///     expiry: aem::Expiry::After(tick),
+///     interval: Some(tick),
+/// };
+/// // SAFETY: the handler only touches an atomic.
+/// let _reg = unsafe {
+///     aem::register_inline(timer, aem::Options::default(), |_| {
+///         TICKS.fetch_add(1, Ordering::Relaxed);
+///         aem::Action::Rearm
+///     })
+/// }
+/// .unwrap();
+/// ```
+///
+/// # Safety
+///
+/// `handler` runs like a signal handler: whenever its event fires, the
+/// kernel runs it on the calling thread, interrupting that thread between
+/// any two instructions -- in the middle of `malloc`, of a `RefCell`
+/// borrow, of a `println!`, with a lock held.  It never interrupts another
+/// inline handler of the process: handlers do not nest.  Safe code could
+/// cause undefined behaviour or deadlock through it (a thread-local
+/// `Cell<Option<Box<T>>>` that the main flow and the handler both `take()`
+/// from frees the box twice), so registering a handler is `unsafe`, as
+/// registering a signal action is with `signal_hook_registry::register`.
+/// This contract is the same for every registration function of this
+/// crate ([`on_accept`](crate::on_accept), [`on_read`](crate::on_read),
+/// [`on_socket_state`](crate::on_socket_state),
+/// [`on_signals`](crate::on_signals)).
+///
+/// The caller must ensure that `handler`, and all it calls or drops, only
+/// touches state that is safe to use from an interrupting handler:
+///
+/// - atomics;
+/// - data behind an [`aem::sync::Mutex`](crate::sync::Mutex), or data the
+///   main flow touches only inside an
+///   [`aem::critical_section`](crate::critical_section) or
+///   [`aem::critical`](crate::critical) (handlers of the thread never run
+///   inside one);
+/// - output only through [`aem::println!`](crate::println!),
+///   [`aem::eprintln!`](crate::eprintln!), [`aem::print!`](crate::print!),
+///   [`aem::eprint!`](crate::eprint!) and [`aem::io`](crate::io), and
+///   logging only through `log`'s macros with this crate's backend
+///   ([`aem::log`](crate::log)) installed;
+/// - the heap (`Box`, `Vec`, `String`, `format!`, ...) only if the
+///   program's global allocator is
+///   [`aem::HandlerSafeAlloc`](crate::HandlerSafeAlloc);
+///
+/// and in particular that it does not use:
+///
+/// - `std::println!`, `std::eprintln!` or anything else that takes the
+///   standard streams' locks or buffers;
+/// - `std::sync::Mutex`, `RwLock` or any other lock that the interrupted
+///   code may hold (it cannot release it before the handler returns);
+/// - thread-local `RefCell`, `Cell` or other state that the main flow also
+///   uses outside critical sections;
+/// - C library functions that are not async-signal-safe (see
+///   `signal-safety(7)`), unless the main flow calls them, and whatever
+///   shares their state, only inside critical sections;
+/// - [`aem::dispatch`](crate::dispatch), [`aem::on_event`](crate::on_event)
+///   or dropping a [`DispatchRegistration`](crate::DispatchRegistration),
+///   which take a `std` lock;
+/// - [`aem::run`](run) or [`aem::wait`](crate::wait): from a handler they
+///   would hold back every other event of the thread (in debug builds they
+///   panic there, naming themselves, and a panicking handler aborts the
+///   program; mark functions of your own the same way with
+///   [`not_handler_safe`]).
+pub unsafe fn register_inline<F>(
     source: Source<'_>,
     options: Options,
     handler: F,
@@ -164,7 +244,8 @@ pub fn register_inline<F>(
 where
     F: FnMut(&Record) -> Action + Send + 'static,
 {
-    register_inline_attr(attr_for(source, options), handler)
+    // SAFETY: our caller keeps this function's contract for `handler`.
+    unsafe { register_inline_attr(attr_for(source, options), handler) }
 }
 
 /// Whether the calling thread has an alternate signal stack a handler can
@@ -178,7 +259,11 @@ fn has_handler_sized_altstack() -> bool {
 }
 
 /// [`register_inline`] for ready-made attributes.
-pub(crate) fn register_inline_attr<F>(
+///
+/// # Safety
+///
+/// As for [`register_inline`]: `handler` must keep its contract.
+pub(crate) unsafe fn register_inline_attr<F>(
     mut attr: uapi::aem_event_attr,
     handler: F,
 ) -> Result<InlineRegistration, Error>

@@ -2,8 +2,12 @@
 //!
 //! AEM lets a program register handlers that the kernel runs when events
 //! fire, inline in the program's main flow like signal handlers.  This
-//! crate is the typed layer over the raw `aem-syscalls` crate: users never
-//! write `unsafe`, and every failure is an [`Error`].
+//! crate is the typed layer over the raw `aem-syscalls` crate, in three
+//! modes: events taken as records ([`wait`]), closures run where the
+//! program asks ([`on_event`] and [`dispatch`]: safe, whatever they do),
+//! and preemptive inline handlers ([`register_inline`]: the fastest, and
+//! `unsafe` to register, its caller vouching for what the handler touches;
+//! see [Handler safety](#handler-safety)).  Every failure is an [`Error`].
 //!
 //! Today it offers the feature query, the safe entry point every program
 //! starts with:
@@ -21,13 +25,17 @@
 //! - [`features`]: what the running kernel implements ([`Features`]).
 //! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
 //!   taken as records (polled delivery), with RAII registrations.
-//! - [`register_inline`]: closures the kernel runs in the main flow, like
-//!   signal handlers ([`Action`], [`block`], [`run`]).
-//! - [`on_accept`], [`on_read`], [`on_socket_state`]: the socket sources,
-//!   typed: the kernel accepts, reads, or reports TCP state changes, and
-//!   the closure gets an `OwnedFd`, the bytes, or a [`StateChange`].
-//! - [`on_signals`]: signals as events, handled by closures that may do
-//!   what any handler may.
+//! - [`on_event`], [`dispatch`], [`DispatchRegistration`]: closures for
+//!   polled events, run by [`dispatch`] on the thread that calls it, where
+//!   `std` printing, locks, any allocator and any `log` backend work.
+//! - [`register_inline`] (`unsafe`): closures the kernel runs in the main
+//!   flow, like signal handlers ([`Action`], [`block`], [`run`]).
+//! - [`on_accept`], [`on_read`], [`on_socket_state`] (`unsafe`): the
+//!   socket sources, typed: the kernel accepts, reads, or reports TCP
+//!   state changes, and the closure gets an `OwnedFd`, the bytes, or a
+//!   [`StateChange`].
+//! - [`on_signals`] (`unsafe`): signals as events, handled by closures
+//!   that may do what any inline handler may.
 //! - [`critical_section`], [`critical`]: code handlers must not
 //!   interrupt, blocked through a word shared with the kernel, with no
 //!   system call.
@@ -39,16 +47,28 @@
 //!
 //! An inline handler interrupts its thread between any two instructions,
 //! as a signal handler does; it never interrupts another handler of the
-//! process.  What a handler may call:
+//! process.  Safe code could cause undefined behaviour through it -- a
+//! thread-local `Cell<Option<Box<T>>>` that the main flow and a handler
+//! both `take()` from is freed twice; `std`'s `println!` interrupted by
+//! one that prints finds standard output's buffer borrowed; a
+//! `std::sync::Mutex` held by the interrupted code deadlocks a handler
+//! that locks it -- and the compiler cannot see what a closure will touch.
+//! So the functions that register preemptive handlers ([`register_inline`],
+//! [`on_accept`], [`on_read`], [`on_socket_state`], [`on_signals`]) are
+//! `unsafe fn`, as `signal_hook_registry::register` is for signal actions:
+//! their caller promises that the handler keeps the contract stated once,
+//! in the [`# Safety` section of `register_inline`](register_inline#safety).
 //!
-//! - anything of this crate except [`run`] and [`wait`], which would hold
-//!   back every other event of the thread (in debug builds, calling them
-//!   from a handler panics with a message naming them; mark functions of
-//!   your own the same way with [`not_handler_safe`]);
-//! - data shared with the main flow only behind [`sync::Mutex`], or
-//!   touched by the main flow only inside a [`critical_section`];
-//! - output only through this crate's macros, not `std`'s, and logging
-//!   through [`log`]'s macros with this crate's backend ([`mod@log`]);
+//! In short (the contract has the details), what a handler may call:
+//!
+//! - anything of this crate except [`run`], [`wait`], [`dispatch`],
+//!   [`on_event`] and dropping a [`DispatchRegistration`] (see the
+//!   contract for how debug builds catch the first ones, and
+//!   [`not_handler_safe`]);
+//! - atomics, and data shared with the main flow behind [`sync::Mutex`]
+//!   or touched by the main flow only inside a [`critical_section`];
+//! - output only through this crate's macros ([`io`]), and logging through
+//!   [`log`]'s macros with this crate's backend ([`mod@log`]);
 //! - the heap only when the program's global allocator is
 //!   [`HandlerSafeAlloc`].
 //!
@@ -59,6 +79,7 @@
 
 mod alloc;
 mod critical;
+mod dispatch;
 mod error;
 mod event;
 mod features;
@@ -72,6 +93,7 @@ pub mod sync;
 
 pub use alloc::HandlerSafeAlloc;
 pub use critical::{critical, critical_depth, critical_section, CriticalSection};
+pub use dispatch::{dispatch, on_event, DispatchRegistration};
 pub use error::{Errno, Error};
 pub use event::{
     context_fd, register, wait, Clock, EventData, Expiry, FdEvents, Options, Record, Registration,

@@ -1,10 +1,12 @@
 //! Signals as events: a signal handler in closure form, run inline like
-//! any other event, so it may do anything a handler may (print, allocate,
-//! lock) instead of what async-signal-safety allows.
+//! any other event, so it may do anything an inline handler may (print,
+//! allocate, lock with this crate's helpers; see the `# Safety` section of
+//! [`crate::register_inline`]) instead of only what async-signal-safety
+//! allows.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use crate::event::{FdEvents, Options, Source};
+use crate::event::{FdEvents, Options, Record, Source};
 use crate::inline::{register_inline, Action, InlineRegistration};
 use crate::{Errno, Error};
 
@@ -49,7 +51,13 @@ fn last_error() -> Error {
 /// `signalfd(2)`: call this before creating threads (which inherit the
 /// mask), or block the signals in every thread, so that no thread takes a
 /// process-directed signal the ordinary way.
-pub fn on_signals<F>(
+///
+/// # Safety
+///
+/// `handler` runs inline, interrupting the calling thread between any two
+/// instructions: it must keep the contract of
+/// [`register_inline`](crate::register_inline#safety).
+pub unsafe fn on_signals<F>(
     signals: &[Signal],
     options: Options,
     mut handler: F,
@@ -89,33 +97,38 @@ where
     // SAFETY: a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd();
-    let event = register_inline(
-        Source::Fd {
-            fd: fd.as_fd(),
-            events: FdEvents::IN,
-        },
-        options,
-        move |_| {
-            let mut action = Action::Rearm;
-            loop {
-                // SAFETY: signalfd_siginfo is plain data.
-                let mut info: libc::signalfd_siginfo = unsafe { core::mem::zeroed() };
-                let size = core::mem::size_of_val(&info);
-                // SAFETY: reads one record into a live buffer of its size,
-                // from the descriptor the registration keeps open.
-                let n = unsafe {
-                    libc::read(raw, (&mut info as *mut libc::signalfd_siginfo).cast(), size)
-                };
-                if n != size as isize {
-                    return action;
-                }
-                action = handler(Signal(info.ssi_signo as i32));
-                if action != Action::Rearm {
-                    return action;
-                }
+    let on_readable = move |_: &Record| {
+        let mut action = Action::Rearm;
+        loop {
+            // SAFETY: signalfd_siginfo is plain data.
+            let mut info: libc::signalfd_siginfo = unsafe { core::mem::zeroed() };
+            let size = core::mem::size_of_val(&info);
+            // SAFETY: reads one record into a live buffer of its size,
+            // from the descriptor the registration keeps open.
+            let n =
+                unsafe { libc::read(raw, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            if n != size as isize {
+                return action;
             }
-        },
-    )
+            action = handler(Signal(info.ssi_signo as i32));
+            if action != Action::Rearm {
+                return action;
+            }
+        }
+    };
+    // SAFETY: our caller keeps the contract for `handler`; around it the
+    // closure only calls read(2), which is async-signal-safe, on a stack
+    // buffer.
+    let event = unsafe {
+        register_inline(
+            Source::Fd {
+                fd: fd.as_fd(),
+                events: FdEvents::IN,
+            },
+            options,
+            on_readable,
+        )
+    }
     .map_err(restore_mask)?;
     Ok(SignalRegistration {
         _event: event,

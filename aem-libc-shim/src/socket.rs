@@ -1,23 +1,28 @@
 //! The socket sources, typed: connections the kernel accepts, bytes it
 //! reads, and TCP state changes, each handed to a closure that runs inline
-//! (see [`crate::register_inline`] for what a handler may do).
+//! (see the `# Safety` section of [`crate::register_inline`] for what a
+//! handler may do).
 //!
 //! ```no_run
 //! use std::net::TcpListener;
 //! use std::os::fd::AsFd;
 //!
 //! let listener = TcpListener::bind("127.0.0.1:8080").unwrap();
-//! let _accepting = aem::on_accept(
-//!     listener.as_fd(),
-//!     aem::AcceptFlags::default(),
-//!     aem::Options::default(),
-//!     |conn| {
-//!         if let Ok(fd) = conn {
-//!             drop(fd); // serve it, or register an `on_read` for it
-//!         }
-//!         aem::Action::Rearm
-//!     },
-//! )
+//! // SAFETY: the handler only closes the descriptor it owns (close(2) is
+//! // async-signal-safe).
+//! let _accepting = unsafe {
+//!     aem::on_accept(
+//!         listener.as_fd(),
+//!         aem::AcceptFlags::default(),
+//!         aem::Options::default(),
+//!         |conn| {
+//!             if let Ok(fd) = conn {
+//!                 drop(fd); // serve it, or register an `on_read` for it
+//!             }
+//!             aem::Action::Rearm
+//!         },
+//!     )
+//! }
 //! .unwrap();
 //! ```
 
@@ -141,7 +146,13 @@ pub enum ReadEvent<'a> {
 /// `listener`; it owns each new connection.  On `EMFILE` and the like the
 /// connection waits in the backlog and the event is disabled until
 /// [`InlineRegistration::enable`].
-pub fn on_accept<F>(
+///
+/// # Safety
+///
+/// `handler` runs inline, interrupting the calling thread between any two
+/// instructions: it must keep the contract of
+/// [`register_inline`](crate::register_inline#safety).
+pub unsafe fn on_accept<F>(
     listener: BorrowedFd<'_>,
     flags: AcceptFlags,
     options: Options,
@@ -157,14 +168,17 @@ where
         },
         options,
     );
-    register_inline_attr(attr, move |rec: &Record| match rec.data {
+    let on_record = move |rec: &Record| match rec.data {
         EventData::Accept { conn, .. } => handler(conn.map(|fd| {
             // SAFETY: the kernel installed this descriptor for this
             // delivery alone; nothing else owns it.
             unsafe { OwnedFd::from_raw_fd(fd) }
         })),
         _ => Action::Rearm,
-    })
+    };
+    // SAFETY: our caller keeps the contract for `handler`; around it the
+    // closure only wraps a descriptor number, which is handler-safe.
+    unsafe { register_inline_attr(attr, on_record) }
 }
 
 /// The buffer the kernel reads into: allocated here, handed to the kernel
@@ -210,7 +224,13 @@ impl Drop for ReadBuffer {
 /// 2^30) whenever it is readable, and run `handler` inline with the bytes.
 /// The stream arrives complete and in order; end of file and errors are
 /// reported once, then the event is disabled.
-pub fn on_read<F>(
+///
+/// # Safety
+///
+/// `handler` runs inline, interrupting the calling thread between any two
+/// instructions: it must keep the contract of
+/// [`register_inline`](crate::register_inline#safety).
+pub unsafe fn on_read<F>(
     fd: BorrowedFd<'_>,
     buffer_len: usize,
     options: Options,
@@ -231,7 +251,7 @@ where
         len,
         buf: buffer.ptr as u64,
     };
-    register_inline_attr(attr, move |rec: &Record| {
+    let on_record = move |rec: &Record| {
         let event = match rec.data {
             EventData::Read { result: Ok(0) } => ReadEvent::Eof,
             EventData::Read { result: Ok(n) } => {
@@ -244,12 +264,21 @@ where
             _ => return Action::Rearm,
         };
         handler(event)
-    })
+    };
+    // SAFETY: our caller keeps the contract for `handler`; around it the
+    // closure only reads the buffer it owns, which is handler-safe.
+    unsafe { register_inline_attr(attr, on_record) }
 }
 
 /// Run `handler` inline for each TCP state change of the socket `fd`, in
 /// order, closing states included.
-pub fn on_socket_state<F>(
+///
+/// # Safety
+///
+/// `handler` runs inline, interrupting the calling thread between any two
+/// instructions: it must keep the contract of
+/// [`register_inline`](crate::register_inline#safety).
+pub unsafe fn on_socket_state<F>(
     fd: BorrowedFd<'_>,
     options: Options,
     mut handler: F,
@@ -258,10 +287,13 @@ where
     F: FnMut(StateChange) -> Action + Send + 'static,
 {
     let attr = attr_for(Source::SocketState { fd }, options);
-    register_inline_attr(attr, move |rec: &Record| match rec.data {
+    let on_record = move |rec: &Record| match rec.data {
         EventData::SocketState(change) => handler(change),
         _ => Action::Rearm,
-    })
+    };
+    // SAFETY: our caller keeps the contract for `handler`; around it the
+    // closure touches nothing but the record.
+    unsafe { register_inline_attr(attr, on_record) }
 }
 
 #[cfg(test)]

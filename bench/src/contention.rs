@@ -120,22 +120,26 @@ fn aem_target(priority: u8, noboost: bool) -> Vec<u64> {
     std::thread::spawn(move || {
         pin(0);
         let drain_fd = fd.try_clone().expect("dup");
-        let _reg = aem::register_inline(
-            Source::Fd {
-                fd: fd.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority,
-                noboost,
-                ..Options::default()
-            },
-            move |_| {
-                p.hit();
-                drain(&drain_fd);
-                Action::Rearm
-            },
-        )
+        // SAFETY: the handler only reads the clock, touches the probe's
+        // atomics and read(2)s the eventfd, all async-signal-safe.
+        let _reg = unsafe {
+            aem::register_inline(
+                Source::Fd {
+                    fd: fd.as_fd(),
+                    events: FdEvents::IN,
+                },
+                Options {
+                    priority,
+                    noboost,
+                    ..Options::default()
+                },
+                move |_| {
+                    p.hit();
+                    drain(&drain_fd);
+                    Action::Rearm
+                },
+            )
+        }
         .expect("register the handler");
         r.store(true, SeqCst);
         loop {

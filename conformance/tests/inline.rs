@@ -1,8 +1,9 @@
 //! Inline handlers: EXEC-1, EXEC-5, DELIV-3, DELIV-4, DELIV-5, DELIV-7.
 //!
 //! Handlers run on the test's thread, between any two of its
-//! instructions, so they only touch atomics.  The tests share the
-//! process's AEM context: run with --test-threads=1.
+//! instructions, so they only touch atomics (and make async-signal-safe
+//! system calls): each registration says so in its `SAFETY` comment.  The
+//! tests share the process's AEM context: run with --test-threads=1.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -38,14 +39,17 @@ fn exec_1_handler_runs_on_registering_thread_with_record() {
     static READY: AtomicU64 = AtomicU64::new(0);
     let efd = eventfd();
     let raw_fd = efd.as_raw_fd();
-    let reg = aem::register_inline(readable(&efd), Options::default(), |rec| {
-        TID.store(gettid(), SeqCst);
-        if let EventData::Fd { fd, ready } = rec.data {
-            FD.store(i64::from(fd), SeqCst);
-            READY.store(u64::from(ready.0), SeqCst);
-        }
-        Action::Rearm
-    })
+    // SAFETY: the handler only calls gettid(2) and stores to atomics.
+    let reg = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), |rec| {
+            TID.store(gettid(), SeqCst);
+            if let EventData::Fd { fd, ready } = rec.data {
+                FD.store(i64::from(fd), SeqCst);
+                READY.store(u64::from(ready.0), SeqCst);
+            }
+            Action::Rearm
+        })
+    }
     .unwrap();
     assert_eq!(TID.load(SeqCst), 0);
     // The activation happens inside write(); the handler runs on the way
@@ -75,22 +79,27 @@ fn exec_1_registers_and_avx_state_survive_a_clobbering_handler() {
     );
     // SAFETY: only this test and its handler touch the flag.
     unsafe { *std::ptr::addr_of_mut!(aem_exec1_flag) = 0 };
-    let _reg = aem::register_inline(
-        after(Duration::from_millis(20), None),
-        Options {
-            oneshot: true,
-            ..Default::default()
-        },
-        |_| {
-            // SAFETY: the clobber follows the C ABI; the flag is a plain
-            // word the spinning code polls.
-            unsafe {
-                aem_exec1_clobber();
-                std::ptr::write_volatile(std::ptr::addr_of_mut!(aem_exec1_flag), 1);
-            }
-            Action::Rearm
-        },
-    )
+    let clobber = |_: &aem::Record| {
+        // SAFETY: the clobber follows the C ABI; the flag is a plain
+        // word the spinning code polls.
+        unsafe {
+            aem_exec1_clobber();
+            std::ptr::write_volatile(std::ptr::addr_of_mut!(aem_exec1_flag), 1);
+        }
+        Action::Rearm
+    };
+    // SAFETY: the handler only clobbers registers and stores to a word
+    // that the main flow polls with volatile loads (in assembly).
+    let _reg = unsafe {
+        aem::register_inline(
+            after(Duration::from_millis(20), None),
+            Options {
+                oneshot: true,
+                ..Default::default()
+            },
+            clobber,
+        )
+    }
     .unwrap();
     // SAFETY: the spin function follows the C ABI.
     let bad = unsafe { aem_exec1_spin() };
@@ -118,28 +127,30 @@ fn exec_1_registers_survive_a_burst_of_chained_handlers() {
     let due = Duration::new(now.tv_sec as u64, now.tv_nsec as u32) + Duration::from_millis(30);
     let regs: Vec<_> = (0..4)
         .map(|_| {
-            aem::register_inline(
-                Source::Timer {
-                    clock: aem::Clock::Monotonic,
-                    expiry: aem::Expiry::At(due),
-                    interval: None,
-                },
-                Options {
-                    oneshot: true,
-                    ..Default::default()
-                },
-                |_| {
+            let clobber = |_: &aem::Record| {
+                // SAFETY: as in the test above.
+                unsafe { aem_exec1_clobber() };
+                if RAN.fetch_add(1, SeqCst) == 3 {
                     // SAFETY: as in the test above.
-                    unsafe { aem_exec1_clobber() };
-                    if RAN.fetch_add(1, SeqCst) == 3 {
-                        // SAFETY: as in the test above.
-                        unsafe {
-                            std::ptr::write_volatile(std::ptr::addr_of_mut!(aem_exec1_flag), 1)
-                        };
-                    }
-                    Action::Rearm
-                },
-            )
+                    unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!(aem_exec1_flag), 1) };
+                }
+                Action::Rearm
+            };
+            // SAFETY: as in the test above, and an atomic.
+            unsafe {
+                aem::register_inline(
+                    Source::Timer {
+                        clock: aem::Clock::Monotonic,
+                        expiry: aem::Expiry::At(due),
+                        interval: None,
+                    },
+                    Options {
+                        oneshot: true,
+                        ..Default::default()
+                    },
+                    clobber,
+                )
+            }
             .unwrap()
         })
         .collect();
@@ -161,13 +172,16 @@ fn deliv_5_handler_is_not_interrupted_by_another_event() {
     let a_fd = eventfd();
     let b_fd = eventfd();
     let b_raw = b_fd.as_raw_fd();
-    let _b = aem::register_inline(readable(&b_fd), Options::default(), |_| {
-        B_INSIDE_A.store(IN_A.load(SeqCst), SeqCst);
-        B_RAN.store(true, SeqCst);
-        Action::Rearm
-    })
+    // SAFETY: the handler only touches atomics.
+    let _b = unsafe {
+        aem::register_inline(readable(&b_fd), Options::default(), |_| {
+            B_INSIDE_A.store(IN_A.load(SeqCst), SeqCst);
+            B_RAN.store(true, SeqCst);
+            Action::Rearm
+        })
+    }
     .unwrap();
-    let _a = aem::register_inline(readable(&a_fd), Options::default(), move |_| {
+    let a = move |_: &aem::Record| {
         IN_A.store(true, SeqCst);
         // Activate B from inside A: a system call whose return would
         // deliver B, were A interruptible.
@@ -176,8 +190,10 @@ fn deliv_5_handler_is_not_interrupted_by_another_event() {
         unsafe { libc::write(b_raw, one.as_ptr().cast(), 8) };
         IN_A.store(false, SeqCst);
         Action::Rearm
-    })
-    .unwrap();
+    };
+    // SAFETY: the handler only touches atomics and calls write(2), which
+    // is async-signal-safe.
+    let _a = unsafe { aem::register_inline(readable(&a_fd), Options::default(), a) }.unwrap();
     eventfd_add(&a_fd, 1);
     assert!(B_RAN.load(SeqCst), "B never ran");
     assert!(!B_INSIDE_A.load(SeqCst), "B interrupted A's handler");
@@ -187,10 +203,13 @@ fn deliv_5_handler_is_not_interrupted_by_another_event() {
 fn deliv_3_handler_return_disarms_or_unregisters() {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let efd = eventfd();
-    let disarm = aem::register_inline(readable(&efd), Options::default(), |_| {
-        CALLS.fetch_add(1, SeqCst);
-        Action::Disarm
-    })
+    // SAFETY: the handler only touches an atomic.
+    let disarm = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), |_| {
+            CALLS.fetch_add(1, SeqCst);
+            Action::Disarm
+        })
+    }
     .unwrap();
     eventfd_add(&efd, 1);
     assert_eq!(CALLS.load(SeqCst), 1);
@@ -209,10 +228,13 @@ fn deliv_3_handler_return_disarms_or_unregisters() {
 
     static GONE: AtomicU64 = AtomicU64::new(0);
     let efd = eventfd();
-    let unreg = aem::register_inline(readable(&efd), Options::default(), |_| {
-        GONE.fetch_add(1, SeqCst);
-        Action::Unregister
-    })
+    // SAFETY: the handler only touches an atomic.
+    let unreg = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), |_| {
+            GONE.fetch_add(1, SeqCst);
+            Action::Unregister
+        })
+    }
     .unwrap();
     eventfd_add(&efd, 1);
     assert_eq!(GONE.load(SeqCst), 1);
@@ -224,11 +246,14 @@ fn deliv_4_blocked_event_runs_once_right_after_unblock() {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let efd = eventfd();
-    let _reg = aem::register_inline(readable(&efd), Options::default(), |rec| {
-        CALLS.fetch_add(1, SeqCst);
-        COUNT.fetch_add(rec.count, SeqCst);
-        Action::Rearm
-    })
+    // SAFETY: the handler only touches atomics.
+    let _reg = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), |rec| {
+            CALLS.fetch_add(1, SeqCst);
+            COUNT.fetch_add(rec.count, SeqCst);
+            Action::Rearm
+        })
+    }
     .unwrap();
     aem::block().unwrap();
     aem::block().unwrap();
@@ -252,14 +277,17 @@ fn deliv_4_a_thread_blocking_delivery_is_not_interrupted_by_its_events() {
     static RAN: AtomicU64 = AtomicU64::new(0);
     // First expiry well inside the epoll_wait below: only the activation
     // that queues the event kicks the thread.
-    let _timer = aem::register_inline(
-        after(Duration::from_millis(100), Some(Duration::from_millis(5))),
-        Options::default(),
-        |_| {
-            RAN.fetch_add(1, SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only touches an atomic.
+    let _timer = unsafe {
+        aem::register_inline(
+            after(Duration::from_millis(100), Some(Duration::from_millis(5))),
+            Options::default(),
+            |_| {
+                RAN.fetch_add(1, SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     let block = |op| aem_syscalls::aem_ctl(0, op, 0).unwrap();
     block(aem_syscalls::uapi::AEM_CTL_BLOCK);
@@ -286,17 +314,20 @@ fn deliv_4_a_thread_blocking_delivery_is_not_interrupted_by_its_events() {
 fn deliv_7_blocking_read_restarts_after_a_handler() {
     static RAN: AtomicBool = AtomicBool::new(false);
     let (r, w) = pipe();
-    let _reg = aem::register_inline(
-        after(Duration::from_millis(30), None),
-        Options {
-            oneshot: true,
-            ..Default::default()
-        },
-        |_| {
-            RAN.store(true, SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only touches an atomic.
+    let _reg = unsafe {
+        aem::register_inline(
+            after(Duration::from_millis(30), None),
+            Options {
+                oneshot: true,
+                ..Default::default()
+            },
+            |_| {
+                RAN.store(true, SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -326,16 +357,19 @@ extern "C" fn on_usr1(_: libc::c_int) {}
 #[test]
 fn exec_5_keepalive_runs_handlers_until_a_signal() {
     static TICKS: AtomicU64 = AtomicU64::new(0);
-    let _reg = aem::register_inline(
-        after(Duration::from_millis(10), Some(Duration::from_millis(10))),
-        Options::default(),
-        |rec| {
-            if let EventData::Timer { expirations } = rec.data {
-                TICKS.fetch_add(expirations, SeqCst);
-            }
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only touches an atomic.
+    let _reg = unsafe {
+        aem::register_inline(
+            after(Duration::from_millis(10), Some(Duration::from_millis(10))),
+            Options::default(),
+            |rec| {
+                if let EventData::Timer { expirations } = rec.data {
+                    TICKS.fetch_add(expirations, SeqCst);
+                }
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     // SAFETY: installs a handler that does nothing.
     unsafe {
@@ -381,16 +415,22 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
             sa.sa_sigaction = on_usr1 as *const () as usize;
             assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
         }
-        let _reg = aem::register_inline(
-            after(Duration::from_millis(20), None),
-            Options::default(),
-            |_| {
-                // SAFETY: raise() only sends a signal to this thread; its
-                // handler runs on the way back from the call.
-                unsafe { libc::raise(libc::SIGUSR1) };
-                Action::Rearm
-            },
-        )
+        let raise_usr1 = |_: &aem::Record| {
+            // SAFETY: raise() only sends a signal to this thread; its
+            // handler runs on the way back from the call.
+            unsafe { libc::raise(libc::SIGUSR1) };
+            Action::Rearm
+        };
+        // SAFETY: the handler only calls raise(3), which is
+        // async-signal-safe (and the signal handler it runs only stores to
+        // an atomic).
+        let _reg = unsafe {
+            aem::register_inline(
+                after(Duration::from_millis(20), None),
+                Options::default(),
+                raise_usr1,
+            )
+        }
         .unwrap();
         // SAFETY: alarm has no preconditions.
         unsafe { libc::alarm(3) };
@@ -436,7 +476,8 @@ fn exec_1_onstack_without_a_handler_sized_alternate_stack_is_einval() {
             ..Default::default()
         };
         // A std thread has std's own small alternate stack only.
-        let r = aem::register_inline(readable(&efd), onstack, |_| Action::Rearm);
+        // SAFETY: the handler touches nothing.
+        let r = unsafe { aem::register_inline(readable(&efd), onstack, |_| Action::Rearm) };
         assert_eq!(r.err(), Some(aem::Error::Os(aem::Errno(libc::EINVAL))));
         let mut alt = vec![0u8; aem::ONSTACK_MIN_SIZE];
         let ss = libc::stack_t {
@@ -447,7 +488,8 @@ fn exec_1_onstack_without_a_handler_sized_alternate_stack_is_einval() {
         // SAFETY: `alt` outlives the registration and the stack's use
         // (disabled below).
         assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
-        let reg = aem::register_inline(readable(&efd), onstack, |_| Action::Rearm);
+        // SAFETY: the handler touches nothing.
+        let reg = unsafe { aem::register_inline(readable(&efd), onstack, |_| Action::Rearm) };
         assert!(reg.is_ok(), "{reg:?}");
         drop(reg);
         disable_altstack();
@@ -468,18 +510,21 @@ fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
     // SAFETY: `alt` outlives the alternate stack's use (disabled below).
     assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
     let efd = eventfd();
-    let reg = aem::register_inline(
-        readable(&efd),
-        Options {
-            onstack: true,
-            ..Default::default()
-        },
-        |_| {
-            let local = 0u8;
-            SP.store(std::hint::black_box(&local) as *const u8 as u64, SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only stores to an atomic.
+    let reg = unsafe {
+        aem::register_inline(
+            readable(&efd),
+            Options {
+                onstack: true,
+                ..Default::default()
+            },
+            |_| {
+                let local = 0u8;
+                SP.store(std::hint::black_box(&local) as *const u8 as u64, SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     eventfd_add(&efd, 1);
     drop(reg);
@@ -518,10 +563,14 @@ fn deliv_1_inline_events_run_by_priority_then_activation_order() {
         priority,
         ..Default::default()
     };
-    let _low = aem::register_inline(readable(&fds[0]), prio(1), tagger(1)).unwrap();
-    let _high = aem::register_inline(readable(&fds[1]), prio(90), tagger(2)).unwrap();
-    let _mid_a = aem::register_inline(readable(&fds[2]), prio(50), tagger(3)).unwrap();
-    let _mid_b = aem::register_inline(readable(&fds[3]), prio(50), tagger(4)).unwrap();
+    // SAFETY: a tagger only touches an atomic.
+    let _low = unsafe { aem::register_inline(readable(&fds[0]), prio(1), tagger(1)) }.unwrap();
+    // SAFETY: as above.
+    let _high = unsafe { aem::register_inline(readable(&fds[1]), prio(90), tagger(2)) }.unwrap();
+    // SAFETY: as above.
+    let _mid_a = unsafe { aem::register_inline(readable(&fds[2]), prio(50), tagger(3)) }.unwrap();
+    // SAFETY: as above.
+    let _mid_b = unsafe { aem::register_inline(readable(&fds[3]), prio(50), tagger(4)) }.unwrap();
     aem::block().unwrap();
     for i in [0, 3, 2, 1] {
         eventfd_add(&fds[i], 1);
@@ -550,14 +599,17 @@ fn deliv_2_ten_thousand_timer_activations_while_blocked_all_accounted() {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let interval = Duration::from_micros(100);
     aem::block().unwrap();
-    let reg = aem::register_inline(after(interval, Some(interval)), Options::default(), |rec| {
-        CALLS.fetch_add(1, SeqCst);
-        ACTIVATIONS.fetch_add(rec.count, SeqCst);
-        if let EventData::Timer { expirations } = rec.data {
-            EXPIRATIONS.fetch_add(expirations, SeqCst);
-        }
-        Action::Disarm
-    })
+    // SAFETY: the handler only touches atomics.
+    let reg = unsafe {
+        aem::register_inline(after(interval, Some(interval)), Options::default(), |rec| {
+            CALLS.fetch_add(1, SeqCst);
+            ACTIVATIONS.fetch_add(rec.count, SeqCst);
+            if let EventData::Timer { expirations } = rec.data {
+                EXPIRATIONS.fetch_add(expirations, SeqCst);
+            }
+            Action::Disarm
+        })
+    }
     .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(CALLS.load(SeqCst), 0, "a handler ran while blocked");
@@ -649,14 +701,17 @@ fn rseq_area() -> *mut u8 {
 fn exec_1_inline_handler_aborts_the_rseq_section_it_interrupts() {
     static RAN: AtomicU64 = AtomicU64::new(0);
     let rseq = rseq_area();
-    let _timer = aem::register_inline(
-        after(Duration::from_millis(2), Some(Duration::from_millis(2))),
-        Options::default(),
-        |_| {
-            RAN.fetch_add(1, SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only touches an atomic.
+    let _timer = unsafe {
+        aem::register_inline(
+            after(Duration::from_millis(2), Some(Duration::from_millis(2))),
+            Options::default(),
+            |_| {
+                RAN.fetch_add(1, SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     let (mut aborted, mut completed) = (0u64, 0u64);
     let start = Instant::now();
@@ -682,20 +737,24 @@ fn exec_1_inline_handler_aborts_the_rseq_section_it_interrupts() {
 fn exec_1_inline_handler_starts_with_the_direction_flag_clear() {
     static RAN: AtomicU64 = AtomicU64::new(0);
     static DF_SET: AtomicU64 = AtomicU64::new(0);
-    let _timer = aem::register_inline(
-        after(Duration::from_millis(2), Some(Duration::from_millis(2))),
-        Options::default(),
-        |_| {
-            let flags: u64;
-            // SAFETY: reads RFLAGS only.
-            unsafe { std::arch::asm!("pushfq", "pop {}", out(reg) flags) };
-            if flags & (1 << 10) != 0 {
-                DF_SET.fetch_add(1, SeqCst);
-            }
-            RAN.fetch_add(1, SeqCst);
-            Action::Rearm
-        },
-    )
+    let check_df = |_: &aem::Record| {
+        let flags: u64;
+        // SAFETY: reads RFLAGS only.
+        unsafe { std::arch::asm!("pushfq", "pop {}", out(reg) flags) };
+        if flags & (1 << 10) != 0 {
+            DF_SET.fetch_add(1, SeqCst);
+        }
+        RAN.fetch_add(1, SeqCst);
+        Action::Rearm
+    };
+    // SAFETY: the handler only reads RFLAGS and touches atomics.
+    let _timer = unsafe {
+        aem::register_inline(
+            after(Duration::from_millis(2), Some(Duration::from_millis(2))),
+            Options::default(),
+            check_df,
+        )
+    }
     .unwrap();
     let start = Instant::now();
     while RAN.load(SeqCst) < 40 && start.elapsed() < Duration::from_secs(20) {

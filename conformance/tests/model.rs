@@ -218,23 +218,29 @@ fn run_program(ops: &[Op]) -> Result<(), TestCaseError> {
                 let efd = eventfd();
                 let v = Arc::new(AtomicU8::new(verdict.raw()));
                 let (l, vv) = (log.clone(), v.clone());
-                let reg = aem::register_inline(
-                    Source::Fd {
-                        fd: efd.as_fd(),
-                        events: FdEvents::IN,
-                    },
-                    Options {
-                        priority: *prio,
-                        oneshot: *oneshot,
-                        dispatch: *dispatch,
-                        disabled: *disabled,
-                        ..Options::default()
-                    },
-                    move |rec| {
-                        l.lock().push((key, rec.count));
-                        Verdict::from_raw(vv.load(SeqCst)).action()
-                    },
-                )
+                // SAFETY: the handler pushes to the log, an
+                // aem::sync::Mutex (which may allocate: this binary's
+                // global allocator is aem::HandlerSafeAlloc), and reads an
+                // atomic.
+                let reg = unsafe {
+                    aem::register_inline(
+                        Source::Fd {
+                            fd: efd.as_fd(),
+                            events: FdEvents::IN,
+                        },
+                        Options {
+                            priority: *prio,
+                            oneshot: *oneshot,
+                            dispatch: *dispatch,
+                            disabled: *disabled,
+                            ..Options::default()
+                        },
+                        move |rec| {
+                            l.lock().push((key, rec.count));
+                            Verdict::from_raw(vv.load(SeqCst)).action()
+                        },
+                    )
+                }
                 .map_err(|e| TestCaseError::fail(format!("register: {e}")))?;
                 real.push(RealEvent {
                     key,

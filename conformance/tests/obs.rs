@@ -127,17 +127,20 @@ fn obs_2_tracepoints_follow_an_event_from_registration_to_unregistration() {
 fn obs_2_inline_delivery_is_traced_as_inline() {
     let dir = start_aem_tracing();
     let efd = eventfd();
-    let reg = aem::register_inline(
-        Source::Fd {
-            fd: std::os::fd::AsFd::as_fd(&efd),
-            events: aem::FdEvents::IN,
-        },
-        Options {
-            oneshot: true,
-            ..Default::default()
-        },
-        |_| aem::Action::Rearm,
-    )
+    // SAFETY: the handler touches nothing.
+    let reg = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: std::os::fd::AsFd::as_fd(&efd),
+                events: aem::FdEvents::IN,
+            },
+            Options {
+                oneshot: true,
+                ..Default::default()
+            },
+            |_| aem::Action::Rearm,
+        )
+    }
     .unwrap();
     let id = reg.id();
     eventfd_add(&efd, 1);

@@ -40,6 +40,9 @@ fn rt_band_priority(aem_prio: u8) -> i64 {
 
 /// An inline handler on `efd` that records the thread's priority, policy
 /// and nice value as it runs.
+///
+/// Only this thread may activate `efd`, and only where it holds no lock
+/// and is not inside the allocator (see the registration's `SAFETY`).
 fn recording(efd: &OwnedFd, priority: u8) -> (aem::InlineRegistration, Arc<[AtomicI64; 3]>) {
     let seen = Arc::new([
         AtomicI64::new(i64::MIN),
@@ -47,23 +50,32 @@ fn recording(efd: &OwnedFd, priority: u8) -> (aem::InlineRegistration, Arc<[Atom
         AtomicI64::new(0),
     ]);
     let s = seen.clone();
-    let reg = aem::register_inline(
-        Source::Fd {
-            fd: efd.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options {
-            priority,
-            ..Options::default()
-        },
-        move |_| {
-            let (policy, nice) = policy_and_nice();
-            s[0].store(stat_priority(), SeqCst);
-            s[1].store(i64::from(policy), SeqCst);
-            s[2].store(i64::from(nice), SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: outside the letter of the contract: besides atomics and
+    // plain system calls, the handler reads /proc with std::fs, which
+    // allocates through the system allocator (this binary does not install
+    // aem::HandlerSafeAlloc).  Sound here because the handler runs only
+    // where the test thread itself delivers it -- on the way back from its
+    // own eventfd write, sysctl write or critical-section end -- never
+    // inside malloc or with a lock held.
+    let reg = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: efd.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options {
+                priority,
+                ..Options::default()
+            },
+            move |_| {
+                let (policy, nice) = policy_and_nice();
+                s[0].store(stat_priority(), SeqCst);
+                s[1].store(i64::from(policy), SeqCst);
+                s[2].store(i64::from(nice), SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     (reg, seen)
 }
@@ -202,26 +214,32 @@ fn sched_2_a_long_handler_loses_its_boost_after_the_budget() {
     let first = Arc::new(AtomicI64::new(0));
     let last = Arc::new(AtomicI64::new(0));
     let (f, l) = (first.clone(), last.clone());
-    let _reg = aem::register_inline(
-        Source::Fd {
-            fd: efd.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options {
-            priority: 80,
-            ..Options::default()
-        },
-        move |_| {
-            f.store(stat_priority(), SeqCst);
-            // Far more CPU than the budget; the boost decays on a tick.
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_millis(300) {
-                std::hint::black_box(0);
-            }
-            l.store(stat_priority(), SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: as for `recording`: the handler allocates (std::fs) with the
+    // system allocator, outside the letter of the contract, which is sound
+    // because it runs only on the way back from this thread's own
+    // eventfd_add below; otherwise it touches atomics and the clock.
+    let _reg = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: efd.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options {
+                priority: 80,
+                ..Options::default()
+            },
+            move |_| {
+                f.store(stat_priority(), SeqCst);
+                // Far more CPU than the budget; the boost decays on a tick.
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_millis(300) {
+                    std::hint::black_box(0);
+                }
+                l.store(stat_priority(), SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     eventfd_add(&efd, 1);
     assert_eq!(first.load(SeqCst), rt_band_priority(80));
@@ -229,20 +247,23 @@ fn sched_2_a_long_handler_loses_its_boost_after_the_budget() {
     // The next event is boosted again.
     let again = Arc::new(AtomicI64::new(0));
     let (efd2, a) = (eventfd(), again.clone());
-    let _reg2 = aem::register_inline(
-        Source::Fd {
-            fd: efd2.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options {
-            priority: 80,
-            ..Options::default()
-        },
-        move |_| {
-            a.store(stat_priority(), SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: as for the first registration of this test.
+    let _reg2 = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: efd2.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options {
+                priority: 80,
+                ..Options::default()
+            },
+            move |_| {
+                a.store(stat_priority(), SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     eventfd_add(&efd2, 1);
     assert_eq!(again.load(SeqCst), rt_band_priority(80));
@@ -269,18 +290,21 @@ fn sched_3_rt_band_needs_cap_sys_nice_or_rlimit_rtprio() {
     let code = in_child(|| {
         unprivileged(5);
         let reg = |priority: u8, noboost: bool| {
-            aem::register_inline(
-                Source::Fd {
-                    fd: efd.as_fd(),
-                    events: FdEvents::IN,
-                },
-                Options {
-                    priority,
-                    noboost,
-                    ..Options::default()
-                },
-                |_| Action::Rearm,
-            )
+            // SAFETY: the handler touches nothing.
+            unsafe {
+                aem::register_inline(
+                    Source::Fd {
+                        fd: efd.as_fd(),
+                        events: FdEvents::IN,
+                    },
+                    Options {
+                        priority,
+                        noboost,
+                        ..Options::default()
+                    },
+                    |_| Action::Rearm,
+                )
+            }
         };
         let eperm = aem::Error::Os(aem::Errno(libc::EPERM));
         let mut fails = 0;
@@ -367,23 +391,26 @@ fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
         pin_to_cpu0();
         unprivileged(0);
         let efd = eventfd();
-        let _reg = aem::register_inline(
-            Source::Fd {
-                fd: efd.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority: 49,
-                ..Options::default()
-            },
-            |_| {
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_micros(500) {
-                    std::hint::black_box(0);
-                }
-                Action::Rearm
-            },
-        )
+        // SAFETY: the handler only reads the clock.
+        let _reg = unsafe {
+            aem::register_inline(
+                Source::Fd {
+                    fd: efd.as_fd(),
+                    events: FdEvents::IN,
+                },
+                Options {
+                    priority: 49,
+                    ..Options::default()
+                },
+                |_| {
+                    let start = Instant::now();
+                    while start.elapsed() < Duration::from_micros(500) {
+                        std::hint::black_box(0);
+                    }
+                    Action::Rearm
+                },
+            )
+        }
         .unwrap();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(2) {
@@ -417,21 +444,24 @@ fn sched_4_higher_priority_handler_runs_first_across_processes() {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             pin_to_cpu0();
-            let _reg = aem::register_inline(
-                Source::Fd {
-                    fd: efd.as_fd(),
-                    events: FdEvents::IN,
-                },
-                Options {
-                    priority: prio,
-                    ..Options::default()
-                },
-                move |_| {
-                    // Take a ticket: the order handlers ran in.
-                    words.set(slot + 1, words.fetch_add(0, 1) + 1);
-                    Action::Unregister
-                },
-            )
+            // SAFETY: the handler only touches shared atomic words.
+            let _reg = unsafe {
+                aem::register_inline(
+                    Source::Fd {
+                        fd: efd.as_fd(),
+                        events: FdEvents::IN,
+                    },
+                    Options {
+                        priority: prio,
+                        ..Options::default()
+                    },
+                    move |_| {
+                        // Take a ticket: the order handlers ran in.
+                        words.set(slot + 1, words.fetch_add(0, 1) + 1);
+                        Action::Unregister
+                    },
+                )
+            }
             .unwrap();
             words.fetch_add(3, 1); // ready
             let _ = aem::run();
@@ -507,20 +537,23 @@ fn sched_5_shed_events_wait_counted_and_visible_then_run_when_overload_ends() {
     let (_high_reg, high_seen) = recording(&high, 30);
     let low_count = Arc::new(AtomicI64::new(0));
     let lc = low_count.clone();
-    let counting = aem::register_inline(
-        Source::Fd {
-            fd: low.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options {
-            priority: 5,
-            ..Options::default()
-        },
-        move |rec| {
-            lc.fetch_add(rec.count as i64, SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only touches an atomic.
+    let counting = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: low.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options {
+                priority: 5,
+                ..Options::default()
+            },
+            move |rec| {
+                lc.fetch_add(rec.count as i64, SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     let polled = aem_conformance::watch_in(
         &polled_fd,

@@ -426,14 +426,17 @@ fn sec_2_inline_registrations_end_with_their_thread() {
     let threads: Vec<_> = (0..200)
         .map(|_| {
             std::thread::spawn(|| {
-                let reg = aem::register_inline(
-                    after(Duration::from_millis(1), Some(Duration::from_millis(1))),
-                    Options::default(),
-                    |_| {
-                        RAN.fetch_add(1, SeqCst);
-                        Action::Rearm
-                    },
-                )
+                // SAFETY: the handler only touches an atomic.
+                let reg = unsafe {
+                    aem::register_inline(
+                        after(Duration::from_millis(1), Some(Duration::from_millis(1))),
+                        Options::default(),
+                        |_| {
+                            RAN.fetch_add(1, SeqCst);
+                            Action::Rearm
+                        },
+                    )
+                }
                 .unwrap();
                 // Left registered on purpose: the thread's exit must end it.
                 std::mem::forget(reg);

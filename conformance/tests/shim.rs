@@ -31,11 +31,14 @@ fn counted(efd: &OwnedFd) -> (aem::InlineRegistration, Arc<AtomicU64>, Arc<Atomi
     let runs = Arc::new(AtomicU64::new(0));
     let activations = Arc::new(AtomicU64::new(0));
     let (r, a) = (runs.clone(), activations.clone());
-    let reg = aem::register_inline(readable(efd), Options::default(), move |rec| {
-        r.fetch_add(1, SeqCst);
-        a.fetch_add(rec.count, SeqCst);
-        Action::Rearm
-    })
+    // SAFETY: the handler only touches atomics.
+    let reg = unsafe {
+        aem::register_inline(readable(efd), Options::default(), move |rec| {
+            r.fetch_add(1, SeqCst);
+            a.fetch_add(rec.count, SeqCst);
+            Action::Rearm
+        })
+    }
     .unwrap();
     (reg, runs, activations)
 }
@@ -155,14 +158,20 @@ fn shim_1_registration_dropped_by_its_own_handler_is_freed_after_it() {
     let efd = eventfd();
     let state = Arc::new(AtomicU64::new(0));
     let s = state.clone();
-    let reg = aem::register_inline(readable(&efd), Options::default(), move |_| {
-        s.fetch_add(1, SeqCst);
-        // Unregisters the event; the closure -- running now -- must live
-        // until it returns.
-        drop(SELF_DROPPING.with(|r| r.borrow_mut().take()));
-        s.fetch_add(1, SeqCst);
-        Action::Rearm
-    })
+    // SAFETY: the handler touches an atomic and SELF_DROPPING, which the
+    // main flow touches only inside aem::critical; dropping the
+    // registration frees memory, and this binary's global allocator is
+    // aem::HandlerSafeAlloc.
+    let reg = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), move |_| {
+            s.fetch_add(1, SeqCst);
+            // Unregisters the event; the closure -- running now -- must live
+            // until it returns.
+            drop(SELF_DROPPING.with(|r| r.borrow_mut().take()));
+            s.fetch_add(1, SeqCst);
+            Action::Rearm
+        })
+    }
     .unwrap();
     let id = reg.id();
     aem::critical(|| SELF_DROPPING.with(|r| *r.borrow_mut() = Some(reg)));
@@ -180,15 +189,20 @@ fn shim_3_errno_is_the_same_after_a_handler() {
     let efd = eventfd();
     let seen = Arc::new(AtomicU64::new(0));
     let s = seen.clone();
-    let _reg = aem::register_inline(readable(&efd), Options::default(), move |_| {
+    let fail_and_note_errno = move |_: &Record| {
         // A failing call sets errno inside the handler.
         // SAFETY: close(-1) only fails.
         unsafe { libc::close(-1) };
         // SAFETY: this thread's errno.
         s.store(unsafe { *libc::__errno_location() } as u64, SeqCst);
         Action::Rearm
-    })
-    .unwrap();
+    };
+    // SAFETY: the handler only calls close(2), which is async-signal-safe,
+    // reads errno (which the shim saves and restores around it) and
+    // stores to an atomic.
+    let _reg =
+        unsafe { aem::register_inline(readable(&efd), Options::default(), fail_and_note_errno) }
+            .unwrap();
     let one = 1u64.to_ne_bytes();
     // SAFETY: this thread's errno.
     unsafe { *libc::__errno_location() = 4242 };
@@ -211,10 +225,14 @@ static SHARED: aem::sync::Mutex<Vec<u64>> = aem::sync::Mutex::new(Vec::new());
 #[test]
 fn shim_3_mutex_held_by_the_main_flow_defers_its_handlers() {
     let efd = eventfd();
-    let _reg = aem::register_inline(readable(&efd), Options::default(), |rec: &Record| {
-        SHARED.lock().push(rec.count);
-        Action::Rearm
-    })
+    // SAFETY: the handler only pushes to SHARED, an aem::sync::Mutex, which
+    // may allocate: this binary's global allocator is aem::HandlerSafeAlloc.
+    let _reg = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), |rec: &Record| {
+            SHARED.lock().push(rec.count);
+            Action::Rearm
+        })
+    }
     .unwrap();
     {
         let mut v = SHARED.lock();
@@ -240,10 +258,18 @@ fn shim_4_not_handler_safe_helper_in_a_handler_is_caught_by_name() {
         unsafe { libc::dup2(w.as_raw_fd(), 2) };
         // libtest captures std's panic output: send it to the pipe.
         std::panic::set_hook(Box::new(|info| aem::eprintln!("{info}")));
-        let _reg = aem::register_inline(readable(&efd), Options::default(), |_| {
-            let _ = aem::wait(1, Some(Duration::ZERO));
-            Action::Rearm
-        })
+        // SAFETY: this handler breaks the contract on purpose, in a child
+        // process: it calls aem::wait, which the shim must catch (in debug
+        // builds, as tests are, with a panic naming it and the abort that
+        // follows).  It runs on the way back from this thread's own
+        // eventfd write below, and the panic hook prints with
+        // aem::eprintln!.
+        let _reg = unsafe {
+            aem::register_inline(readable(&efd), Options::default(), |_| {
+                let _ = aem::wait(1, Some(Duration::ZERO));
+                Action::Rearm
+            })
+        }
         .unwrap();
         eventfd_add(&efd, 1);
         0
@@ -298,7 +324,12 @@ fn line_is_whole(l: &str) -> bool {
 /// while the main flow runs `main_round(1, 2, ...)` until the firing is
 /// done (and at least 1000 rounds); then `finish()`.  Returns the child's
 /// wait status and what it wrote to `fd`.
-fn interleaved(
+///
+/// # Safety
+///
+/// `on_event` must keep the contract of [`aem::register_inline`], with
+/// `main_round` as the main flow it interrupts.
+unsafe fn interleaved(
     fd: i32,
     setup: fn(),
     events: u64,
@@ -317,10 +348,13 @@ fn interleaved(
         unsafe { libc::dup2(w.as_raw_fd(), fd) };
         setup();
         let efd = eventfd();
-        let _reg = aem::register_inline(readable(&efd), Options::default(), move |rec| {
-            on_event(rec);
-            Action::Rearm
-        })
+        // SAFETY: our caller vouches for `on_event`.
+        let _reg = unsafe {
+            aem::register_inline(readable(&efd), Options::default(), move |rec| {
+                on_event(rec);
+                Action::Rearm
+            })
+        }
         .unwrap();
         // Another thread fires the events while this one works: they
         // interrupt the main flow anywhere.
@@ -358,37 +392,42 @@ fn interleaved(
 #[test]
 fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events() {
     const EVENTS: u64 = 100_000;
-    let (_, out) = interleaved(
-        1,
-        || {},
-        EVENTS,
-        |rec| {
-            let n = {
+    // SAFETY: the handler touches TALLY, an aem::sync::Mutex, prints with
+    // aem::println! and allocates, with this binary's global allocator
+    // aem::HandlerSafeAlloc.
+    let (_, out) = unsafe {
+        interleaved(
+            1,
+            || {},
+            EVENTS,
+            |rec| {
+                let n = {
+                    let mut t = TALLY.lock();
+                    t.handler_runs += 1;
+                    t.activations += rec.count;
+                    t.handler_runs
+                };
+                // Allocates (the line, the Vec) and prints, inside the handler.
+                let words: Vec<String> = vec![line("handler", n)];
+                aem::println!("{}", words[0]);
+            },
+            |i| {
+                let s = line("main", i);
+                aem::println!("{s}");
                 let mut t = TALLY.lock();
-                t.handler_runs += 1;
-                t.activations += rec.count;
-                t.handler_runs
-            };
-            // Allocates (the line, the Vec) and prints, inside the handler.
-            let words: Vec<String> = vec![line("handler", n)];
-            aem::println!("{}", words[0]);
-        },
-        |i| {
-            let s = line("main", i);
-            aem::println!("{s}");
-            let mut t = TALLY.lock();
-            t.main_rounds += 1;
-        },
-        || {
-            let t = TALLY.lock();
-            aem::println!(
-                "total handler_runs={} activations={} main_rounds={}",
-                t.handler_runs,
-                t.activations,
-                t.main_rounds
-            );
-        },
-    );
+                t.main_rounds += 1;
+            },
+            || {
+                let t = TALLY.lock();
+                aem::println!(
+                    "total handler_runs={} activations={} main_rounds={}",
+                    t.handler_runs,
+                    t.activations,
+                    t.main_rounds
+                );
+            },
+        )
+    };
     let mut lines: Vec<&str> = out.lines().collect();
     let total = lines.pop().expect("no output");
     let kv: Vec<u64> = total
@@ -411,15 +450,19 @@ fn shim_3_handlers_and_main_flow_print_allocate_and_lock_through_100000_events()
 fn shim_1_signals_arrive_as_events_with_their_numbers() {
     let got = Arc::new(aem::sync::Mutex::new(Vec::new()));
     let g = got.clone();
-    let reg = aem::on_signals(
-        &[aem::Signal::USR1, aem::Signal::USR2],
-        Options::default(),
-        move |sig| {
-            // What a signal handler may not do: lock, allocate.
-            g.lock().push(sig);
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only pushes to an aem::sync::Mutex, which may
+    // allocate: this binary's global allocator is aem::HandlerSafeAlloc.
+    let reg = unsafe {
+        aem::on_signals(
+            &[aem::Signal::USR1, aem::Signal::USR2],
+            Options::default(),
+            move |sig| {
+                // What a signal handler may not do: lock, allocate.
+                g.lock().push(sig);
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     // SAFETY: raise(3) to this thread; the signals are blocked and read
     // from the registration's signalfd, so no signal handler runs.
@@ -433,10 +476,10 @@ fn shim_1_signals_arrive_as_events_with_their_numbers() {
     assert_eq!(got_now, vec![aem::Signal::USR1, aem::Signal::USR2]);
     drop(reg);
     // Bad input: not a signal number.
-    assert_eq!(
-        aem::on_signals(&[aem::Signal(4096)], Options::default(), |_| Action::Rearm).unwrap_err(),
-        aem::Error::Os(aem::Errno(libc::EINVAL))
-    );
+    // SAFETY: the handler touches nothing.
+    let bad =
+        unsafe { aem::on_signals(&[aem::Signal(4096)], Options::default(), |_| Action::Rearm) };
+    assert_eq!(bad.unwrap_err(), aem::Error::Os(aem::Errno(libc::EINVAL)));
 }
 
 #[test]
@@ -485,7 +528,8 @@ fn shim_1_failed_on_signals_leaves_the_signal_mask_as_it_was() {
             priority: 100,
             ..Options::default()
         };
-        let r = aem::on_signals(&[aem::Signal::USR2], bad, |_| Action::Rearm);
+        // SAFETY: the handler touches nothing.
+        let r = unsafe { aem::on_signals(&[aem::Signal::USR2], bad, |_| Action::Rearm) };
         assert_eq!(r.unwrap_err(), aem::Error::Os(aem::Errno(libc::EINVAL)));
         assert!(
             !blocked_in_this_thread(libc::SIGUSR2),
@@ -563,15 +607,19 @@ fn shim_1_handle_inherited_over_fork_leaves_the_childs_event_alone() {
     let code = in_child(|| {
         let inherited = aem::register(hour_timer(), Options::default()).unwrap();
         let efd = eventfd();
+        // SAFETY: the handler touches nothing.
         let inherited_inline =
-            aem::register_inline(readable(&efd), Options::default(), |_| Action::Rearm).unwrap();
+            unsafe { aem::register_inline(readable(&efd), Options::default(), |_| Action::Rearm) }
+                .unwrap();
         in_child(|| {
             // A new context numbers its events from 1 again: the child's
             // own events take the ids of the copies it inherited.
             let mine = aem::register(hour_timer(), Options::default()).unwrap();
-            let mine_inline =
+            // SAFETY: the handler touches nothing.
+            let mine_inline = unsafe {
                 aem::register_inline(readable(&efd), Options::default(), |_| Action::Rearm)
-                    .unwrap();
+            }
+            .unwrap();
             if (mine.id(), mine_inline.id()) != (inherited.id(), inherited_inline.id()) {
                 eprintln!("ids differ: the test proves nothing");
                 return 2;
@@ -596,27 +644,32 @@ fn shim_1_handle_inherited_over_fork_leaves_the_childs_event_alone() {
 fn shim_3_log_records_from_handlers_and_main_flow_are_whole_lines() {
     static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
     static MAIN_ROUNDS: AtomicU64 = AtomicU64::new(0);
-    let (_, out) = interleaved(
-        2,
-        || aem::log::init(log::LevelFilter::Info).unwrap(),
-        20_000,
-        |_| {
-            let n = HANDLER_RUNS.fetch_add(1, SeqCst) + 1;
-            log::info!("{}", line("handler", n));
-            log::debug!("filtered out");
-        },
-        |i| {
-            log::warn!("{}", line("main", i));
-            MAIN_ROUNDS.fetch_add(1, SeqCst);
-        },
-        || {
-            log::error!(
-                "total {} {}",
-                HANDLER_RUNS.load(SeqCst),
-                MAIN_ROUNDS.load(SeqCst)
-            )
-        },
-    );
+    // SAFETY: the handler touches an atomic and logs through log's macros
+    // with aem::log installed (by `setup`), formatting a line that
+    // allocates, with this binary's global allocator aem::HandlerSafeAlloc.
+    let (_, out) = unsafe {
+        interleaved(
+            2,
+            || aem::log::init(log::LevelFilter::Info).unwrap(),
+            20_000,
+            |_| {
+                let n = HANDLER_RUNS.fetch_add(1, SeqCst) + 1;
+                log::info!("{}", line("handler", n));
+                log::debug!("filtered out");
+            },
+            |i| {
+                log::warn!("{}", line("main", i));
+                MAIN_ROUNDS.fetch_add(1, SeqCst);
+            },
+            || {
+                log::error!(
+                    "total {} {}",
+                    HANDLER_RUNS.load(SeqCst),
+                    MAIN_ROUNDS.load(SeqCst)
+                )
+            },
+        )
+    };
     let mut lines: Vec<&str> = out.lines().collect();
     let total: Vec<u64> = lines
         .pop()

@@ -175,27 +175,35 @@ fn src_2_connection_storm_of_1000_accepted_inline_none_lost() {
     let (soft, hard) = nofile();
     set_nofile(8192.max(soft), 8192.max(hard));
     let (l, addr) = listener();
-    let accepted = Arc::new(Mutex::new(Vec::<(OwnedFd, SocketAddr)>::new()));
+    // Room for every connection: the handler's push never allocates.
+    let accepted = Arc::new(Mutex::new(Vec::<(OwnedFd, SocketAddr)>::with_capacity(N)));
     let errors = Arc::new(AtomicU64::new(0));
     let (acc, errs) = (accepted.clone(), errors.clone());
-    let reg = aem::on_accept(
-        l.as_fd(),
-        AcceptFlags::default(),
-        Options::default(),
-        move |conn| {
-            match conn {
-                Ok(fd) => {
-                    let peer = peer_addr(fd.as_raw_fd());
-                    // The main flow only locks after the client is done.
-                    acc.lock().unwrap().push((fd, peer));
+    // SAFETY: the handler calls getpeername(2), touches an atomic, and
+    // pushes into `accepted`, whose room is reserved (no allocation), under
+    // a std Mutex that the main flow locks only between aem::block() and
+    // aem::unblock() while this is registered, so the handler never finds
+    // it held.  Dropping a rejected fd closes it (close(2)).
+    let reg = unsafe {
+        aem::on_accept(
+            l.as_fd(),
+            AcceptFlags::default(),
+            Options::default(),
+            move |conn| {
+                match conn {
+                    Ok(fd) => {
+                        let peer = peer_addr(fd.as_raw_fd());
+                        // The main flow only locks after the client is done.
+                        acc.lock().unwrap().push((fd, peer));
+                    }
+                    Err(_) => {
+                        errs.fetch_add(1, SeqCst);
+                    }
                 }
-                Err(_) => {
-                    errs.fetch_add(1, SeqCst);
-                }
-            }
-            Action::Rearm
-        },
-    )
+                Action::Rearm
+            },
+        )
+    }
     .unwrap();
     let client = std::thread::spawn(move || {
         (0..N)
@@ -374,31 +382,35 @@ fn src_3_read_of_10mb_stream_arrives_complete_and_in_order() {
     let bad = Arc::new(AtomicU64::new(0));
     let eof = Arc::new(AtomicBool::new(false));
     let (t, b, e) = (total.clone(), bad.clone(), eof.clone());
-    let reg = aem::on_read(
-        server.as_fd(),
-        64 << 10,
-        Options::default(),
-        move |ev| match ev {
-            ReadEvent::Data(bytes) => {
-                let off = t.load(SeqCst);
-                for (i, &byte) in bytes.iter().enumerate() {
-                    if byte != pattern(off + i as u64) {
-                        b.fetch_add(1, SeqCst);
+    // SAFETY: the handler only reads the bytes it is given and touches
+    // atomics.
+    let reg = unsafe {
+        aem::on_read(
+            server.as_fd(),
+            64 << 10,
+            Options::default(),
+            move |ev| match ev {
+                ReadEvent::Data(bytes) => {
+                    let off = t.load(SeqCst);
+                    for (i, &byte) in bytes.iter().enumerate() {
+                        if byte != pattern(off + i as u64) {
+                            b.fetch_add(1, SeqCst);
+                        }
                     }
+                    t.fetch_add(bytes.len() as u64, SeqCst);
+                    Action::Rearm
                 }
-                t.fetch_add(bytes.len() as u64, SeqCst);
-                Action::Rearm
-            }
-            ReadEvent::Eof => {
-                e.store(true, SeqCst);
-                Action::Unregister
-            }
-            ReadEvent::Error(_) => {
-                b.fetch_add(1, SeqCst);
-                Action::Unregister
-            }
-        },
-    )
+                ReadEvent::Eof => {
+                    e.store(true, SeqCst);
+                    Action::Unregister
+                }
+                ReadEvent::Error(_) => {
+                    b.fetch_add(1, SeqCst);
+                    Action::Unregister
+                }
+            },
+        )
+    }
     .unwrap();
     writer.join().unwrap();
     assert!(wait_until(60 * SEC, || eof.load(SeqCst)), "no EOF");
@@ -620,10 +632,19 @@ fn src_4_peer_reset_reports_close_with_econnreset_inline() {
     let (server, _) = l.accept().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    let reg = aem::on_socket_state(client.as_fd(), Options::default(), move |c| {
-        s.lock().unwrap().push((c.old, c.new, c.error, c.count));
-        Action::Rearm
-    })
+    // SAFETY: outside the letter of the contract: the handler locks `seen`,
+    // a std Mutex, which the main flow locks only between aem::block() and
+    // aem::unblock() while this is registered, so the handler never finds
+    // it held; its push allocates with the system allocator (this binary
+    // does not install aem::HandlerSafeAlloc), which is sound only because
+    // the main flow, while this is registered, allocates only inside
+    // aem::block() (bar a failing assertion).
+    let reg = unsafe {
+        aem::on_socket_state(client.as_fd(), Options::default(), move |c| {
+            s.lock().unwrap().push((c.old, c.new, c.error, c.count));
+            Action::Rearm
+        })
+    }
     .unwrap();
     reset(server);
     let done = wait_until(5 * SEC, || {
@@ -690,7 +711,9 @@ fn src_4_bad_inputs_get_clear_errnos() {
     let id = state(tcp.as_raw_fd(), 0).unwrap();
     unregister(id);
     // The shim refuses a zero or oversized read buffer before the kernel.
-    let err = aem::on_read(r.as_fd(), 0, Options::default(), |_| Action::Rearm).unwrap_err();
+    // SAFETY: the handler touches nothing.
+    let err = unsafe { aem::on_read(r.as_fd(), 0, Options::default(), |_| Action::Rearm) };
+    let err = err.unwrap_err();
     assert_eq!(err, Error::Os(Errno(libc::EINVAL)));
 }
 

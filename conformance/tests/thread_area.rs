@@ -68,18 +68,21 @@ fn counted(efd: &OwnedFd) -> Counted {
     let runs = Arc::new(AtomicU64::new(0));
     let activations = Arc::new(AtomicU64::new(0));
     let (r, a) = (runs.clone(), activations.clone());
-    let reg = aem::register_inline(
-        Source::Fd {
-            fd: efd.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options::default(),
-        move |rec| {
-            r.fetch_add(1, SeqCst);
-            a.fetch_add(rec.count, SeqCst);
-            Action::Rearm
-        },
-    )
+    // SAFETY: the handler only touches atomics.
+    let reg = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: efd.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options::default(),
+            move |rec| {
+                r.fetch_add(1, SeqCst);
+                a.fetch_add(rec.count, SeqCst);
+                Action::Rearm
+            },
+        )
+    }
     .expect("register an inline handler");
     Counted {
         runs,
@@ -404,31 +407,39 @@ fn deliv_5_thread_created_in_a_handler_starts_outside_it() {
         let efd = eventfd();
         let result = Arc::new(AtomicU64::new(u64::MAX));
         let r = result.clone();
-        let _reg = aem::register_inline(
-            Source::Fd {
-                fd: efd.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options::default(),
-            move |_| {
-                // The new thread's own events must run on it, although
-                // its creator is inside a handler.
-                let runs = std::thread::spawn(|| {
-                    let efd = eventfd();
-                    let h = counted(&efd);
-                    eventfd_add(&efd, 1);
-                    let start = Instant::now();
-                    while h.runs.load(SeqCst) == 0 && start.elapsed() < Duration::from_secs(2) {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    h.runs.load(SeqCst)
-                })
-                .join()
-                .unwrap_or(u64::MAX);
-                r.store(runs, SeqCst);
-                Action::Rearm
-            },
-        )
+        // SAFETY: outside the letter of the contract: the handler spawns
+        // and joins a thread (pthread_create and the system allocator,
+        // neither async-signal-safe; this binary does not install
+        // aem::HandlerSafeAlloc).  Sound here because it runs only on the
+        // way back from this thread's own eventfd write below, where the
+        // thread holds no lock and is not inside the allocator.
+        let _reg = unsafe {
+            aem::register_inline(
+                Source::Fd {
+                    fd: efd.as_fd(),
+                    events: FdEvents::IN,
+                },
+                Options::default(),
+                move |_| {
+                    // The new thread's own events must run on it, although
+                    // its creator is inside a handler.
+                    let runs = std::thread::spawn(|| {
+                        let efd = eventfd();
+                        let h = counted(&efd);
+                        eventfd_add(&efd, 1);
+                        let start = Instant::now();
+                        while h.runs.load(SeqCst) == 0 && start.elapsed() < Duration::from_secs(2) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        h.runs.load(SeqCst)
+                    })
+                    .join()
+                    .unwrap_or(u64::MAX);
+                    r.store(runs, SeqCst);
+                    Action::Rearm
+                },
+            )
+        }
         .unwrap();
         eventfd_add(&efd, 1);
         assert_eq!(result.load(SeqCst), 1);

@@ -41,58 +41,70 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
 
     let tick = Duration::from_millis(100);
-    let timer = aem::register_inline(
-        Source::Timer {
-            clock: Clock::Monotonic,
-            expiry: Expiry::After(tick),
-            interval: Some(tick),
-        },
-        Options {
-            priority: 10,
-            ..Default::default()
-        },
-        move |rec| {
-            let n = TICKS.fetch_add(1, Relaxed) + 1;
-            let EventData::Timer { expirations } = rec.data else {
-                return Action::Rearm;
-            };
-            aem::println!(
-                "aem-demo: {:>4} ms  timer handler: tick {n} ({expirations} expiration), main flow at iteration {}",
-                start.elapsed().as_millis(),
-                ITERATIONS.load(Relaxed)
-            );
-            if n == 2 {
-                // Another event, raised from inside this handler: it runs
-                // when this handler returns, never nested in it.
-                // SAFETY: writes 5 bytes from a live buffer to our pipe.
-                unsafe { libc::write(PIPE_WRITER.load(Relaxed), b"hello".as_ptr().cast(), 5) };
-            }
-            Action::Rearm
-        },
-    )?;
+    let on_tick = move |rec: &aem::Record| {
+        let n = TICKS.fetch_add(1, Relaxed) + 1;
+        let EventData::Timer { expirations } = rec.data else {
+            return Action::Rearm;
+        };
+        aem::println!(
+            "aem-demo: {:>4} ms  timer handler: tick {n} ({expirations} expiration), main flow at iteration {}",
+            start.elapsed().as_millis(),
+            ITERATIONS.load(Relaxed)
+        );
+        if n == 2 {
+            // Another event, raised from inside this handler: it runs
+            // when this handler returns, never nested in it.
+            // SAFETY: writes 5 bytes from a live buffer to our pipe.
+            unsafe { libc::write(PIPE_WRITER.load(Relaxed), b"hello".as_ptr().cast(), 5) };
+        }
+        Action::Rearm
+    };
+    // SAFETY: the handler touches atomics only, reads the clock, prints
+    // with aem::println! and calls write(2), which is async-signal-safe.
+    let timer = unsafe {
+        aem::register_inline(
+            Source::Timer {
+                clock: Clock::Monotonic,
+                expiry: Expiry::After(tick),
+                interval: Some(tick),
+            },
+            Options {
+                priority: 10,
+                ..Default::default()
+            },
+            on_tick,
+        )
+    }?;
     let reader_fd = reader.as_raw_fd();
-    let pipe = aem::register_inline(
-        Source::Fd {
-            fd: reader.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options {
-            priority: 50,
-            ..Default::default()
-        },
-        move |_| {
-            let mut buf = [0u8; 16];
-            // SAFETY: reads into a live buffer of its length.
-            let n = unsafe { libc::read(reader_fd, buf.as_mut_ptr().cast(), buf.len()) };
-            aem::println!(
-                "aem-demo: {:>4} ms  pipe handler: read {:?}, main flow at iteration {}",
-                start.elapsed().as_millis(),
-                String::from_utf8_lossy(&buf[..n.max(0) as usize]),
-                ITERATIONS.load(Relaxed)
-            );
-            Action::Rearm
-        },
-    )?;
+    let on_pipe = move |_: &aem::Record| {
+        let mut buf = [0u8; 16];
+        // SAFETY: reads into a live buffer of its length.
+        let n = unsafe { libc::read(reader_fd, buf.as_mut_ptr().cast(), buf.len()) };
+        aem::println!(
+            "aem-demo: {:>4} ms  pipe handler: read {:?}, main flow at iteration {}",
+            start.elapsed().as_millis(),
+            String::from_utf8_lossy(&buf[..n.max(0) as usize]),
+            ITERATIONS.load(Relaxed)
+        );
+        Action::Rearm
+    };
+    // SAFETY: the handler calls read(2), which is async-signal-safe, reads
+    // the clock and an atomic, prints with aem::println! and allocates (a
+    // lossy string), with this binary's global allocator
+    // aem::HandlerSafeAlloc.
+    let pipe = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: reader.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options {
+                priority: 50,
+                ..Default::default()
+            },
+            on_pipe,
+        )
+    }?;
     aem::println!(
         "aem-demo: timer #{} (every 100 ms) and pipe #{} handled inline; main flow computes",
         timer.id(),

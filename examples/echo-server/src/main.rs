@@ -1,5 +1,7 @@
 //! `aem-echo-server`: a single-threaded TCP echo server on AEM inline
-//! handlers, written with the safe `aem` API alone (no `unsafe`).
+//! handlers, written with the `aem` API alone.  Its only `unsafe` is the
+//! registration of those handlers, each with why its handler keeps the
+//! contract of [`aem::register_inline`] (what a handler may touch).
 //!
 //! The kernel accepts each connection ([`aem::on_accept`]) and reads each
 //! one into a buffer ([`aem::on_read`]); the handlers, run inline in the
@@ -153,9 +155,17 @@ fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
     STATS.lock().connections += 1;
     // The reader's handler cannot run before this one returns (handlers
     // never nest), so the connection is in the table by then.
-    match aem::on_read(stream.as_fd(), READ_BUFFER, Options::default(), move |ev| {
-        on_bytes(raw, ev)
-    }) {
+    // SAFETY: `on_bytes` touches CONNS, a thread-local RefCell that only
+    // handlers use (and handlers never nest), and STATS, an
+    // aem::sync::Mutex; it writes with write(2), prints with
+    // aem::eprintln!, registers and drops registrations, and allocates,
+    // with this binary's global allocator aem::HandlerSafeAlloc.
+    let reader = unsafe {
+        aem::on_read(stream.as_fd(), READ_BUFFER, Options::default(), move |ev| {
+            on_bytes(raw, ev)
+        })
+    };
+    match reader {
         Ok(reader) => {
             let conn = Conn {
                 reader: Some(reader),
@@ -192,17 +202,21 @@ fn on_bytes(fd: RawFd, ev: ReadEvent<'_>) -> Action {
                 conn.unsent.extend_from_slice(&bytes[n..]);
                 // Level-triggered: delivered whenever the socket has room,
                 // so no wakeup is lost between the failed write and now.
-                let writer = aem::register_inline(
-                    Source::Fd {
-                        fd: conn.stream.as_fd(),
-                        events: FdEvents::OUT,
-                    },
-                    Options {
-                        level: true,
-                        ..Options::default()
-                    },
-                    move |_| on_writable(fd),
-                );
+                // SAFETY: `on_writable` touches the same state as this
+                // handler, in the same handler-safe ways (see `on_accept`).
+                let writer = unsafe {
+                    aem::register_inline(
+                        Source::Fd {
+                            fd: conn.stream.as_fd(),
+                            events: FdEvents::OUT,
+                        },
+                        Options {
+                            level: true,
+                            ..Options::default()
+                        },
+                        move |_| on_writable(fd),
+                    )
+                };
                 match writer {
                     Ok(writer) => {
                         conn.writer = Some(writer);
@@ -288,23 +302,41 @@ fn parse_args() -> Result<String, String> {
 
 fn run(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(addr)?;
-    let _shutdown = aem::on_signals(
-        &[aem::Signal::TERM, aem::Signal::INT],
-        Options {
-            priority: 99,
-            ..Options::default()
-        },
-        |_| on_shutdown(),
-    )?;
-    let accepting = aem::on_accept(
-        listener.as_fd(),
-        AcceptFlags {
-            nonblocking: true,
-            cloexec: true,
-        },
-        Options::default(),
-        on_accept,
-    )?;
+    // SAFETY: `on_shutdown` locks STATS, an aem::sync::Mutex, and prints
+    // with aem::println!.  Its std::process::exit is not async-signal-safe
+    // (libc exit() runs atexit handlers, flushes C stdio and runs this
+    // thread's TLS destructors, CONNS's among them): that is sound only
+    // because, while this is registered, the main flow uses neither C
+    // stdio nor atexit, never touches CONNS, touches ACCEPTING only inside
+    // a critical section, and std's exit-time flush of its stdout only
+    // try-locks it (the main flow prints with aem::println! alone).
+    let _shutdown = unsafe {
+        aem::on_signals(
+            &[aem::Signal::TERM, aem::Signal::INT],
+            Options {
+                priority: 99,
+                ..Options::default()
+            },
+            |_| on_shutdown(),
+        )
+    }?;
+    // SAFETY: `on_accept` touches ACCEPT_PAUSED and CONNS, thread-locals
+    // that only handlers use (handlers never nest), ACCEPTING, which the
+    // main flow writes only inside aem::critical, and STATS, an
+    // aem::sync::Mutex; it prints with aem::eprintln!, registers readers
+    // (see there) and allocates, with this binary's global allocator
+    // aem::HandlerSafeAlloc.
+    let accepting = unsafe {
+        aem::on_accept(
+            listener.as_fd(),
+            AcceptFlags {
+                nonblocking: true,
+                cloexec: true,
+            },
+            Options::default(),
+            on_accept,
+        )
+    }?;
     // Handlers read ACCEPTING: keep them out while the main flow writes it.
     aem::critical(|| ACCEPTING.with(|a| *a.borrow_mut() = Some(accepting)));
 

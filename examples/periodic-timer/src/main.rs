@@ -1,7 +1,8 @@
 //! `aem-periodic-timer`: a periodic AEM timer whose handler, run inline in
 //! the main flow, prints a line per delivery, while the main flow goes on
 //! with its own work: printing, allocating, sleeping.  Written with the
-//! safe `aem` API alone (no `unsafe`).
+//! `aem` API alone; its only `unsafe` is the handler's registration, with
+//! why the handler keeps the contract of [`aem::register_inline`].
 //!
 //! The handler interrupts the main flow anywhere, even in the middle of
 //! `malloc` or of a line being written.  What they share is therefore
@@ -73,31 +74,35 @@ fn parse_args() -> Result<Args, String> {
 
 fn run(args: &Args) -> Result<(), aem::Error> {
     let target = args.ticks;
-    let timer = aem::register_inline(
-        Source::Timer {
-            clock: Clock::Monotonic,
-            expiry: Expiry::After(args.period),
-            interval: Some(args.period),
-        },
-        Options::default(),
-        move |record| {
-            let EventData::Timer { expirations } = record.data else {
-                return Action::Rearm;
-            };
-            let (tick, total) = {
-                let mut p = PROGRESS.lock();
-                p.ticks += 1;
-                p.expirations += expirations;
-                (p.ticks, p.expirations)
-            };
-            aem::println!("tick {tick} expirations={expirations}");
-            if total >= target {
-                Action::Unregister
-            } else {
-                Action::Rearm
-            }
-        },
-    )?;
+    // SAFETY: the handler touches only PROGRESS, an aem::sync::Mutex, and
+    // prints with aem::println!.
+    let timer = unsafe {
+        aem::register_inline(
+            Source::Timer {
+                clock: Clock::Monotonic,
+                expiry: Expiry::After(args.period),
+                interval: Some(args.period),
+            },
+            Options::default(),
+            move |record| {
+                let EventData::Timer { expirations } = record.data else {
+                    return Action::Rearm;
+                };
+                let (tick, total) = {
+                    let mut p = PROGRESS.lock();
+                    p.ticks += 1;
+                    p.expirations += expirations;
+                    (p.ticks, p.expirations)
+                };
+                aem::println!("tick {tick} expirations={expirations}");
+                if total >= target {
+                    Action::Unregister
+                } else {
+                    Action::Rearm
+                }
+            },
+        )
+    }?;
 
     // The main flow's own work, in steps shorter than the period so that
     // the handler interrupts it at all sorts of places.

@@ -24,6 +24,11 @@ use aem_http::{shutdown_signals, Conn, ServerArgs};
 
 const USAGE: &str = "usage: http-aem [--addr HOST:PORT] [--max-conns N]";
 
+/// The handlers allocate (requests, replies, closures): every allocation
+/// goes through a critical section, so one never interrupts another.
+#[global_allocator]
+static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
+
 /// Bytes the kernel reads per delivery, per connection: a request head
 /// fits, and 10,000 idle connections cost 40 MiB of buffers, not 160.
 const READ_BUFFER: usize = 4 * 1024;
@@ -97,7 +102,7 @@ fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
         Ok(fd) => fd,
         Err(e) => {
             // EMFILE and the like: the connection waits in the backlog.
-            eprintln!("http-aem: accept: {e}");
+            aem::eprintln!("http-aem: accept: {e}");
             return Action::Rearm;
         }
     };
@@ -106,9 +111,15 @@ fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
     }
     let raw = fd.as_raw_fd();
     let stream = TcpStream::from(fd);
-    let reader = aem::on_read(stream.as_fd(), READ_BUFFER, Options::default(), move |ev| {
-        on_request_bytes(raw, ev)
-    });
+    // SAFETY: `on_request_bytes` touches CLIENTS, a thread-local RefCell
+    // only handlers use (handlers never nest), writes with write(2),
+    // registers and drops registrations, and allocates through this
+    // binary's HandlerSafeAlloc.
+    let reader = unsafe {
+        aem::on_read(stream.as_fd(), READ_BUFFER, Options::default(), move |ev| {
+            on_request_bytes(raw, ev)
+        })
+    };
     match reader {
         Ok(reader) => {
             let client = Client {
@@ -129,7 +140,7 @@ fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
             });
             OPEN.with(|o| o.set(o.get() + 1));
         }
-        Err(e) => eprintln!("http-aem: cannot watch a connection: {e}"),
+        Err(e) => aem::eprintln!("http-aem: cannot watch a connection: {e}"),
     }
     Action::Rearm
 }
@@ -154,14 +165,19 @@ fn on_request_bytes(fd: RawFd, ev: ReadEvent<'_>) -> Action {
         Flushed::All => Action::Rearm,
         Flushed::Blocked => {
             // Stop reading until the reply is out.
-            let writer = aem::register_inline(
-                Source::Fd {
-                    fd: stream_fd(fd),
-                    events: FdEvents::OUT,
-                },
-                Options::default(),
-                move |_| on_writable(fd),
-            );
+            // SAFETY: as for the reader (see `on_accept`): `on_writable`
+            // touches CLIENTS, writes, and allocates through
+            // HandlerSafeAlloc.
+            let writer = unsafe {
+                aem::register_inline(
+                    Source::Fd {
+                        fd: stream_fd(fd),
+                        events: FdEvents::OUT,
+                    },
+                    Options::default(),
+                    move |_| on_writable(fd),
+                )
+            };
             match writer {
                 Ok(w) => {
                     CLIENTS.with(|c| {
@@ -245,31 +261,45 @@ fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let backlog = i32::try_from(args.max_conns).unwrap_or(i32::MAX);
     let listener = aem_http::listen(&args.addr, backlog)?;
     let signals = shutdown_signals()?;
-    let _shutdown = aem::register_inline(
-        Source::Fd {
-            fd: signals.as_fd(),
-            events: FdEvents::IN,
-        },
-        Options {
-            priority: 99,
-            ..Default::default()
-        },
-        |_| std::process::exit(0),
-    )?;
-    let _accepting = aem::on_accept(
-        listener.as_fd(),
-        AcceptFlags {
-            nonblocking: true,
-            cloexec: true,
-        },
-        Options::default(),
-        on_accept,
-    )?;
-
+    // Printed before any handler can run: std's stdout is not
+    // handler-safe.
     let mut out = io::stdout().lock();
     writeln!(out, "http-aem: listening on {}", listener.local_addr()?)?;
     out.flush()?;
     drop(out);
+    // SAFETY: `on_accept` touches OPEN, MAX_CONNS and CLIENTS,
+    // thread-locals the main flow no longer uses (handlers never nest),
+    // registers readers (see there), allocates through HandlerSafeAlloc
+    // and prints with aem::eprintln!.
+    let _accepting = unsafe {
+        aem::on_accept(
+            listener.as_fd(),
+            AcceptFlags {
+                nonblocking: true,
+                cloexec: true,
+            },
+            Options::default(),
+            on_accept,
+        )
+    }?;
+    // SAFETY: std::process::exit is not async-signal-safe: it flushes
+    // std's stdout and runs atexit handlers.  Registered last, this handler
+    // can only interrupt the main flow in aem::run, which holds nothing,
+    // or run between two other handlers, which never hold anything across
+    // their return.
+    let _shutdown = unsafe {
+        aem::register_inline(
+            Source::Fd {
+                fd: signals.as_fd(),
+                events: FdEvents::IN,
+            },
+            Options {
+                priority: 99,
+                ..Default::default()
+            },
+            |_| std::process::exit(0),
+        )
+    }?;
     Err(Box::new(aem::run()))
 }
 
