@@ -151,6 +151,66 @@ fn pidfd_getfd(pid: libc::pid_t, fd: RawFd) -> OwnedFd {
     }
 }
 
+#[test]
+fn sec_3_wake_up_chain_into_an_unpolled_context_of_another_process_is_clean() {
+    // A timer wakes this process's context, whose file is in an epoll
+    // set; another process watches the set, and its own context is in no
+    // epoll set, so its wake-up runs at once, nested in the first one's
+    // (the debug kernel's lockdep checks the nesting).
+    let code = in_child(|| {
+        let ctx = aem::context_fd().unwrap();
+        let set = epoll_create();
+        epoll_add(&set, ctx.as_raw_fd());
+        let shared = SharedWords::new(1);
+        let watcher = in_child_async(|| {
+            let watch = watch_in(&set).unwrap();
+            shared.set(0, 1);
+            match wait_for_ids(&[watch.id()], 5 * SEC) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("the watcher: {e}");
+                    1
+                }
+            }
+        });
+        let deadline = Instant::now() + 5 * SEC;
+        while shared.get(0) == 0 {
+            assert!(Instant::now() < deadline, "the watcher did not start");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let timer =
+            aem::register(after(Duration::from_millis(5), None), Options::default()).unwrap();
+        let mine = wait_for_ids(&[timer.id()], 5 * SEC);
+        let mut status = 0;
+        // SAFETY: `status` is a valid int.
+        assert_eq!(unsafe { libc::waitpid(watcher, &mut status, 0) }, watcher);
+        match (
+            mine,
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        ) {
+            (Ok(()), true) => 0,
+            (r, _) => {
+                eprintln!("timer: {r:?}, watcher status {status:#x}");
+                1
+            }
+        }
+    });
+    assert_eq!(code, 0);
+}
+
+/// Fork; the child runs `f` and exits with its value; returns its pid.
+fn in_child_async(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child runs `f` and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
+        // SAFETY: leave the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
 /// A ring of `n` processes.  Process i puts its context fd in an epoll
 /// set E_i; process i + 1 (its child, which inherits E_i) watches E_i, and
 /// process 0 watches E_(n-1), taken with pidfd_getfd: every context's
@@ -164,18 +224,7 @@ fn ring_member(i: usize, n: usize, shared: SharedWords, prev_epoll: Option<Owned
     shared.set(2 * i, unsafe { libc::getpid() } as u64);
     shared.set(2 * i + 1, mine.as_raw_fd() as u64);
     let child = if i + 1 < n {
-        // SAFETY: the child runs ring_member and exits; see in_child.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                ring_member(i + 1, n, shared, Some(mine))
-            }))
-            .unwrap_or(99);
-            // SAFETY: leave the child at once.
-            unsafe { libc::_exit(code) };
-        }
-        Some(pid)
+        Some(in_child_async(|| ring_member(i + 1, n, shared, Some(mine))))
     } else {
         None
     };
