@@ -77,6 +77,11 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!(
+    "AEM exists on x86_64 Linux only: its system calls and handler frames are x86_64 Linux ones"
+);
+
 mod alloc;
 mod critical;
 mod dispatch;

@@ -13,6 +13,11 @@
 
 #![warn(missing_docs)]
 
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!(
+    "AEM exists on x86_64 Linux only: its system calls and handler frames are x86_64 Linux ones"
+);
+
 use core::fmt;
 
 pub mod uapi;

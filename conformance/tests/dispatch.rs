@@ -86,7 +86,7 @@ fn shim_3_dispatched_closures_use_std_print_std_locks_and_the_default_allocator(
                 )
                 .unwrap();
             }
-            if i.is_multiple_of(16) {
+            if i % 16 == 0 {
                 assert!(aem::dispatch(Some(Duration::ZERO)).unwrap().is_empty());
             }
         }

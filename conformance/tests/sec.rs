@@ -584,7 +584,11 @@ fn sec_3_periodic_timer_nobody_consumes_stops_until_delivered() {
 extern "C" fn crash_on_bad_store(_id: i64, _rec: *const u8, _uc: *mut u8) -> i64 {
     // SAFETY: not safe at all -- the point: a store to address 8, in the
     // unmapped first page.
-    unsafe { std::ptr::dangling_mut::<u64>().write_volatile(1) };
+    unsafe {
+        std::ptr::NonNull::<u64>::dangling()
+            .as_ptr()
+            .write_volatile(1)
+    };
     0
 }
 

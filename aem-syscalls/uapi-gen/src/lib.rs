@@ -32,6 +32,16 @@ pub fn include_dir() -> PathBuf {
     dir
 }
 
+/// Kernel-doc comments say `data[0]`; rustdoc would read `[0]` as a link.
+#[derive(Debug)]
+struct EscapeBrackets;
+
+impl bindgen::callbacks::ParseCallbacks for EscapeBrackets {
+    fn process_comment(&self, comment: &str) -> Option<String> {
+        Some(comment.replace('[', "\\[").replace(']', "\\]"))
+    }
+}
+
 /// What bindgen makes of the headers today.
 pub fn generate() -> String {
     let include = include_dir();
@@ -45,6 +55,7 @@ pub fn generate() -> String {
         .allowlist_type("aem_.*")
         .allowlist_var("AEM_.*|__NR_aem_.*")
         .constified_enum_module("aem_source_kind")
+        .parse_callbacks(Box::new(EscapeBrackets))
         .derive_default(true)
         .derive_eq(true)
         .derive_hash(true)
