@@ -15,7 +15,7 @@
 
 use core::fmt::{self, Write as _};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::sync::Mutex;
 
@@ -79,7 +79,13 @@ impl fmt::Write for FdWriter {
 /// Format `args` and write them to `fd` as one unit: no other output of
 /// this module (from any thread or handler) comes in between.
 /// Handler-safe.
-pub fn write_fmt(fd: RawFd, args: fmt::Arguments<'_>) -> io::Result<()> {
+pub fn write_fmt(fd: BorrowedFd<'_>, args: fmt::Arguments<'_>) -> io::Result<()> {
+    write_raw(fd.as_raw_fd(), args)
+}
+
+/// [`write_fmt`] to a descriptor number: the macros' standard output and
+/// error, which may be closed (then `EBADF`, ignored).
+fn write_raw(fd: RawFd, args: fmt::Arguments<'_>) -> io::Result<()> {
     let _lock = OUTPUT.lock();
     let mut w = FdWriter {
         fd,
@@ -96,7 +102,7 @@ pub fn write_fmt(fd: RawFd, args: fmt::Arguments<'_>) -> io::Result<()> {
 
 #[doc(hidden)]
 pub fn _print(fd: RawFd, args: fmt::Arguments<'_>) {
-    let _ = write_fmt(fd, args);
+    let _ = write_raw(fd, args);
 }
 
 /// `print!` that handlers and the main flow can share (see [`crate::io`]).
@@ -142,7 +148,7 @@ macro_rules! eprintln {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     fn pipe() -> (std::fs::File, std::fs::File) {
         let mut fds = [0; 2];
@@ -167,14 +173,14 @@ mod tests {
             r.read_to_string(&mut s).unwrap();
             s
         });
-        write_fmt(w.as_raw_fd(), format_args!("{line}\n")).unwrap();
+        write_fmt(w.as_fd(), format_args!("{line}\n")).unwrap();
         drop(w);
         assert_eq!(reader.join().unwrap(), format!("{line}\n"));
     }
 
     #[test]
     fn errors_are_reported() {
-        let e = write_fmt(-1, format_args!("x")).unwrap_err();
+        let e = write_raw(-1, format_args!("x")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 }

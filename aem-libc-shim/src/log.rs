@@ -3,8 +3,8 @@
 //! The usual backends write through a `std::sync::Mutex` around standard
 //! error: an inline handler that logs while it interrupted a log call of
 //! its own thread waits for a lock its own thread holds, for ever.  This
-//! one formats each record and writes it to standard error with
-//! [`crate::io::write_fmt`], under this crate's output lock, an
+//! one formats each record and writes it to standard error as
+//! [`crate::io::write_fmt`] does, under this crate's output lock, an
 //! [`crate::sync::Mutex`] that defers the thread's events while held:
 //! records from handlers, the main flow and other threads come out as
 //! whole lines, in the order they took the lock, and nothing deadlocks.
@@ -33,8 +33,9 @@ impl log::Log for Logger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            // A handler could not act on an error: ignored, as the macros do.
-            let _ = crate::io::write_fmt(
+            // Standard error, as a number (it may be closed), errors
+            // ignored: as the macros do.
+            crate::io::_print(
                 2,
                 format_args!(
                     "{:<5} {}: {}\n",

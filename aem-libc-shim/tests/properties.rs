@@ -4,7 +4,7 @@
 //! against the real kernel by the conformance suite (`tests/model.rs`).
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, FromRawFd};
 
 use aem::{EventData, FdEvents, TcpState};
 use aem_syscalls::uapi;
@@ -48,7 +48,7 @@ proptest! {
             s
         });
         for _ in 0..times {
-            aem::io::write_fmt(w.as_raw_fd(), format_args!("{text}\n")).unwrap();
+            aem::io::write_fmt(w.as_fd(), format_args!("{text}\n")).unwrap();
         }
         drop(w);
         prop_assert_eq!(reader.join().unwrap(), format!("{text}\n").repeat(times));
