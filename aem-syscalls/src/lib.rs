@@ -59,9 +59,31 @@ impl Errno {
     /// `E2BIG`: an argument structure is larger than the kernel accepts.
     pub const E2BIG: Errno = Errno(libc::E2BIG);
 
+    /// `ENOENT`: no such registration.
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    /// `EINTR`: a signal (or an inline handler) ended the wait.
+    pub const EINTR: Errno = Errno(libc::EINTR);
+    /// `EMFILE`: registrations holding files reached `RLIMIT_NOFILE`.
+    pub const EMFILE: Errno = Errno(libc::EMFILE);
+    /// `ENOSPC`: the user reached `user.max_aem_events`.
+    pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    /// `EBUSY`: the thread has an area, or the socket all its watches.
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
+
     /// The errno's raw value.
     pub const fn raw(self) -> i32 {
         self.0
+    }
+
+    /// The [`std::io::ErrorKind`] of this errno, as `std` classifies it.
+    pub fn kind(self) -> std::io::ErrorKind {
+        std::io::Error::from_raw_os_error(self.0).kind()
+    }
+}
+
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> Self {
+        std::io::Error::from_raw_os_error(e.0)
     }
 }
 
@@ -230,6 +252,16 @@ pub unsafe fn aem_thread_area(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errnos_have_std_kinds() {
+        assert_eq!(Errno::EINTR.kind(), std::io::ErrorKind::Interrupted);
+        assert_eq!(Errno::ENOENT.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(
+            std::io::Error::from(Errno::EMFILE).raw_os_error(),
+            Some(libc::EMFILE)
+        );
+    }
 
     #[test]
     fn enosys_maps_to_not_available() {
