@@ -17,6 +17,17 @@ use std::alloc::System;
 
 use crate::critical::critical;
 
+/// Set by the first allocation through a [`HandlerSafeAlloc`], in debug
+/// builds: registering an inline handler checks it (see
+/// [`handler_safe_alloc_in_use`]).
+static IN_USE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether a [`HandlerSafeAlloc`] has allocated (debug builds; `true` in
+/// release builds, which do not track it).
+pub(crate) fn handler_safe_alloc_in_use() -> bool {
+    !cfg!(debug_assertions) || IN_USE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// A [`GlobalAlloc`] that defers the thread's events while the wrapped
 /// allocator runs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -43,6 +54,9 @@ impl<A> HandlerSafeAlloc<A> {
 // only defers event handlers, and allocates nothing.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for HandlerSafeAlloc<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if cfg!(debug_assertions) {
+            IN_USE.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
         // SAFETY: forwarded with the caller's guarantees.
         critical(|| unsafe { self.inner.alloc(layout) })
     }

@@ -117,6 +117,7 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
     // thread at once, and a registration's handler runs only on its
     // registering thread.
     let handler = unsafe { &mut *raw };
+    let depth = crate::critical_depth();
     let action = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&record)))
         .unwrap_or_else(|payload| {
             // Straight to fd 2: std's stderr may be captured (tests) or in
@@ -132,6 +133,17 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
             );
             std::process::abort()
         });
+    if cfg!(debug_assertions) && crate::critical_depth() != depth {
+        // Its thread's events would stay blocked for good: a bug to
+        // report where it is, not to debug later.
+        crate::eprintln!(
+            "aem: the inline handler of event {} returned with {} critical \
+             section(s) still open; aborting",
+            record.id,
+            crate::critical_depth().wrapping_sub(depth)
+        );
+        std::process::abort();
+    }
     RUNNING.set(ptr::null_mut());
     if RETIRED.replace(false) {
         // SAFETY: the registration was dropped (and the event unregistered)
@@ -258,6 +270,26 @@ fn has_handler_sized_altstack() -> bool {
     rc == 0 && ss.ss_flags & libc::SS_DISABLE == 0 && ss.ss_size >= crate::event::ONSTACK_MIN_SIZE
 }
 
+/// In debug builds, once per process (a fork child is another): an
+/// inline handler registered while
+/// the global allocator is not [`crate::HandlerSafeAlloc`] (the box just
+/// allocated for it did not go through one) may not allocate -- say so
+/// loudly, since the compiler cannot.
+fn warn_unless_handler_safe_alloc() {
+    /// The process generation (`owner.rs`) that was warned, plus one.
+    static WARNED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+    let generation = Owner::generation().wrapping_add(1);
+    if !crate::alloc::handler_safe_alloc_in_use()
+        && WARNED.swap(generation, core::sync::atomic::Ordering::Relaxed) != generation
+    {
+        crate::eprintln!(
+            "aem: warning: an inline handler is registered, but the global allocator is \
+             not aem::HandlerSafeAlloc: a handler that allocates (Box, Vec, String, \
+             format!) can deadlock or corrupt the heap (see aem::register_inline, # Safety)"
+        );
+    }
+}
+
 /// [`register_inline`] for ready-made attributes.
 ///
 /// # Safety
@@ -274,6 +306,7 @@ where
         return Err(Error::Os(aem_syscalls::Errno(libc::EINVAL)));
     }
     let boxed: Box<Handler> = Box::new(Box::new(handler));
+    warn_unless_handler_safe_alloc();
     let handler = Box::into_raw(boxed);
     attr.handler = aem_shim_entry as *const () as u64;
     attr.restorer = aem_shim_restorer as *const () as u64;

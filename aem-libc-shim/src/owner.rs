@@ -42,6 +42,11 @@ impl Owner {
         Owner(GENERATION.load(Ordering::Relaxed))
     }
 
+    /// The calling process's generation, as a number.
+    pub(crate) fn generation() -> u32 {
+        Owner::current().0
+    }
+
     /// Whether the calling process is the one the handle was made in.
     pub(crate) fn is_current(self) -> bool {
         GENERATION.load(Ordering::Relaxed) == self.0

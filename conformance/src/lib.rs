@@ -184,6 +184,26 @@ pub fn in_child(f: impl FnOnce() -> i32) -> i32 {
     libc::WEXITSTATUS(status)
 }
 
+/// [`in_child_status`] with the child's standard error (descriptor 2)
+/// captured: returns its wait status and what it wrote there.
+pub fn in_child_stderr(f: impl FnOnce() -> i32) -> (i32, String) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (r, w) = pipe();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::fs::File::from(r).read_to_string(&mut out);
+        out
+    });
+    let status = in_child_status(|| {
+        // SAFETY: descriptor 2 becomes the pipe's write end.
+        unsafe { libc::dup2(w.as_raw_fd(), 2) };
+        f()
+    });
+    drop(w);
+    (status, reader.join().expect("stderr reader"))
+}
+
 /// A pipe: (read end, write end), both close-on-exec.
 pub fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::FromRawFd;

@@ -766,3 +766,26 @@ fn exec_1_inline_handler_starts_with_the_direction_flag_clear() {
     // a function.
     assert_eq!(DF_SET.load(SeqCst), 0, "handlers entered with DF set");
 }
+
+#[test]
+fn shim_4_inline_handler_without_handler_safe_alloc_is_warned_once() {
+    // This binary keeps the system allocator.
+    let efd = eventfd();
+    let (status, err) = aem_conformance::in_child_stderr(|| {
+        for _ in 0..2 {
+            // SAFETY: the handler only returns.
+            let reg = unsafe {
+                aem::register_inline(readable(&efd), Options::default(), |_| Action::Rearm)
+            };
+            std::mem::forget(reg.unwrap());
+        }
+        0
+    });
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert_eq!(
+        err.matches("the global allocator is not aem::HandlerSafeAlloc")
+            .count(),
+        1,
+        "{err:?}"
+    );
+}

@@ -695,3 +695,42 @@ fn shim_3_log_records_from_handlers_and_main_flow_are_whole_lines() {
     assert_eq!(lines.len() as u64 - handler_lines, total[1]);
     assert!(total[0] > 1, "the events were never interleaved");
 }
+
+#[test]
+fn shim_4_handler_returning_with_a_section_open_aborts_with_a_message() {
+    let efd = eventfd();
+    let (status, err) = aem_conformance::in_child_stderr(|| {
+        // SAFETY: the handler breaks nothing but its own section, on
+        // purpose, in a child: it opens one and leaks it.
+        let _reg = unsafe {
+            aem::register_inline(readable(&efd), Options::default(), |_| {
+                std::mem::forget(aem::critical_section());
+                Action::Rearm
+            })
+        }
+        .unwrap();
+        eventfd_add(&efd, 1);
+        0
+    });
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "status {status:#x}, stderr {err:?}"
+    );
+    assert!(
+        err.contains("returned with 1 critical section(s) still open"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn shim_4_no_allocator_warning_with_handler_safe_alloc() {
+    let efd = eventfd();
+    let (status, err) = aem_conformance::in_child_stderr(|| {
+        // SAFETY: the handler does nothing.
+        let reg =
+            unsafe { aem::register_inline(readable(&efd), Options::default(), |_| Action::Rearm) };
+        i32::from(reg.is_err())
+    });
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert!(err.is_empty(), "{err:?}");
+}
