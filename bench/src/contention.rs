@@ -26,7 +26,7 @@ use aem::{Action, FdEvents, Options, Source};
 use crate::{drain, eventfd, now_ns, pct, poke};
 
 /// Samples per mechanism.
-const SAMPLES: usize = 300;
+const SAMPLES: usize = 1000;
 
 /// Where the firer stamps the time and the handler files its latency.
 struct Probe {
