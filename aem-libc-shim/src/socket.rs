@@ -34,13 +34,24 @@ use crate::event::{attr_base, attr_for, EventData, Options, Record, Source};
 use crate::inline::{register_inline_attr, Action, InlineRegistration};
 use crate::{Errno, Error, SourceKind};
 
-/// Flags for the descriptors of accepted connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Flags for the descriptors of accepted connections.  The default is
+/// close-on-exec and blocking, as `std`, mio and rustix accept: a
+/// descriptor leaks into an exec'd program only when asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AcceptFlags {
     /// `O_NONBLOCK` on each new descriptor.
     pub nonblocking: bool,
     /// `FD_CLOEXEC` on each new descriptor.
     pub cloexec: bool,
+}
+
+impl Default for AcceptFlags {
+    fn default() -> Self {
+        AcceptFlags {
+            nonblocking: false,
+            cloexec: true,
+        }
+    }
 }
 
 impl AcceptFlags {
@@ -330,6 +341,6 @@ mod tests {
             f.raw(),
             uapi::AEM_ACCEPT_NONBLOCK | uapi::AEM_ACCEPT_CLOEXEC
         );
-        assert_eq!(AcceptFlags::default().raw(), 0);
+        assert_eq!(AcceptFlags::default().raw(), uapi::AEM_ACCEPT_CLOEXEC);
     }
 }

@@ -147,26 +147,36 @@ fn src_2_accept_passes_new_fd_and_listening_fd() {
     assert_ne!(fl & libc::O_NONBLOCK, 0, "O_NONBLOCK asked for");
     assert_ne!(fdfl & libc::FD_CLOEXEC, 0, "FD_CLOEXEC asked for");
     drop(conn);
-    // Without the flags, neither is set.
+    // Without the flags, neither is set; by default, close-on-exec only.
     drop(reg);
-    let reg = aem::register(
-        Source::Accept {
-            fd: l.as_fd(),
-            flags: AcceptFlags::default(),
-        },
-        Options::default(),
-    )
-    .unwrap();
-    let _client2 = TcpStream::connect(addr).unwrap();
-    let recs = wait_records(1);
-    let EventData::Accept { conn: Ok(fd), .. } = recs[0].data else {
-        panic!("{recs:?}")
+    let none = AcceptFlags {
+        nonblocking: false,
+        cloexec: false,
     };
-    // SAFETY: as above.
-    let _conn = unsafe { OwnedFd::from_raw_fd(fd) };
-    let (fl, fdfl) = fd_flags(fd);
-    assert_eq!((fl & libc::O_NONBLOCK, fdfl & libc::FD_CLOEXEC), (0, 0));
-    drop(reg);
+    for (flags, want_cloexec) in [(none, 0), (AcceptFlags::default(), libc::FD_CLOEXEC)] {
+        let reg = aem::register(
+            Source::Accept {
+                fd: l.as_fd(),
+                flags,
+            },
+            Options::default(),
+        )
+        .unwrap();
+        let _client2 = TcpStream::connect(addr).unwrap();
+        let recs = wait_records(1);
+        let EventData::Accept { conn: Ok(fd), .. } = recs[0].data else {
+            panic!("{recs:?}")
+        };
+        // SAFETY: as above.
+        let _conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (fl, fdfl) = fd_flags(fd);
+        assert_eq!(
+            (fl & libc::O_NONBLOCK, fdfl & libc::FD_CLOEXEC),
+            (0, want_cloexec),
+            "{flags:?}"
+        );
+        drop(reg);
+    }
 }
 
 #[test]
