@@ -358,7 +358,10 @@ impl Drop for InlineRegistration {
         // SAFETY: after unregistration the kernel never runs the handler
         // again, handlers run on this registration's thread, and this one
         // is not running (checked above).
-        drop(unsafe { Box::from_raw(self.handler) });
+        let closure = unsafe { Box::from_raw(self.handler) };
+        // What the closure owns may be shared with other handlers of the
+        // thread (an Rc, a buffer): none interrupts its destructors.
+        crate::critical(|| drop(closure));
     }
 }
 

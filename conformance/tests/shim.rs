@@ -734,3 +734,56 @@ fn shim_4_no_allocator_warning_with_handler_safe_alloc() {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     assert!(err.is_empty(), "{err:?}");
 }
+
+#[test]
+fn shim_1_a_closure_is_dropped_without_handlers_interrupting_its_destructors() {
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+    static SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
+    /// Owned by the closure: its destructor spins 50 ms and notes how
+    /// many ticks of another handler interrupted it.
+    struct SlowDrop;
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            let before = TICKS.load(SeqCst);
+            let end = std::time::Instant::now() + Duration::from_millis(50);
+            while std::time::Instant::now() < end {
+                std::hint::spin_loop();
+            }
+            SEEN.store(TICKS.load(SeqCst) - before, SeqCst);
+        }
+    }
+    let tick = Duration::from_millis(1);
+    let timer = Source::Timer {
+        clock: aem::Clock::Monotonic,
+        expiry: aem::Expiry::After(tick),
+        interval: Some(tick),
+    };
+    // SAFETY: the handler only touches an atomic.
+    let ticker = unsafe {
+        aem::register_inline(timer, Options::default(), |_| {
+            TICKS.fetch_add(1, SeqCst);
+            Action::Rearm
+        })
+    }
+    .unwrap();
+    let efd = eventfd();
+    let owned = SlowDrop;
+    // SAFETY: the handler never runs (nothing writes the eventfd); its
+    // closure only owns `owned`.
+    let reg = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), move |_| {
+            let _keep = &owned;
+            Action::Rearm
+        })
+    }
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(TICKS.load(SeqCst) > 0, "the ticker does not run");
+    drop(reg);
+    assert_eq!(
+        SEEN.load(SeqCst),
+        0,
+        "handlers ran inside the closure's destructor"
+    );
+    drop(ticker);
+}
