@@ -184,9 +184,9 @@ pub fn in_child(f: impl FnOnce() -> i32) -> i32 {
     libc::WEXITSTATUS(status)
 }
 
-/// [`in_child_status`] with the child's standard error (descriptor 2)
+/// [`in_child_status`] with the child's descriptor `fd` (1 or 2, say)
 /// captured: returns its wait status and what it wrote there.
-pub fn in_child_stderr(f: impl FnOnce() -> i32) -> (i32, String) {
+pub fn in_child_output(fd: i32, f: impl FnOnce() -> i32) -> (i32, String) {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     let (r, w) = pipe();
@@ -196,12 +196,17 @@ pub fn in_child_stderr(f: impl FnOnce() -> i32) -> (i32, String) {
         out
     });
     let status = in_child_status(|| {
-        // SAFETY: descriptor 2 becomes the pipe's write end.
-        unsafe { libc::dup2(w.as_raw_fd(), 2) };
+        // SAFETY: `fd` becomes the pipe's write end.
+        unsafe { libc::dup2(w.as_raw_fd(), fd) };
         f()
     });
     drop(w);
-    (status, reader.join().expect("stderr reader"))
+    (status, reader.join().expect("output reader"))
+}
+
+/// [`in_child_output`] of standard error.
+pub fn in_child_stderr(f: impl FnOnce() -> i32) -> (i32, String) {
+    in_child_output(2, f)
 }
 
 /// A pipe: (read end, write end), both close-on-exec.

@@ -4,14 +4,14 @@
 //! simply work.  (It writes with `writeln!(stdout())`: libtest captures
 //! `println!`, also in a forked child.)
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aem::{Action, FdEvents, Options, Source};
-use aem_conformance::{eventfd, eventfd_add, in_child_status, proc_row};
+use aem_conformance::{eventfd, eventfd_add, in_child_output, proc_row};
 
 fn readable(fd: &OwnedFd) -> Source<'_> {
     Source::Fd {
@@ -42,15 +42,7 @@ struct Counts {
 #[test]
 fn shim_3_dispatched_closures_use_std_print_std_locks_and_the_default_allocator() {
     const EVENTS: u64 = 20_000;
-    let (r, w) = aem_conformance::pipe();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        std::fs::File::from(r).read_to_string(&mut out).unwrap();
-        out
-    });
-    let status = in_child_status(|| {
-        // SAFETY: standard output becomes the pipe's write end.
-        unsafe { libc::dup2(w.as_raw_fd(), 1) };
+    let (status, out) = in_child_output(1, || {
         let counts = Arc::new(Mutex::new(Counts::default()));
         let efd = Arc::new(eventfd());
         let (c, e) = (counts.clone(), efd.clone());
@@ -107,8 +99,6 @@ fn shim_3_dispatched_closures_use_std_print_std_locks_and_the_default_allocator(
         .unwrap();
         0
     });
-    drop(w);
-    let out = reader.join().unwrap();
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "status {status:#x}"

@@ -5,7 +5,6 @@
 //! This test binary allocates through the shim's handler-safe allocator,
 //! as a program whose handlers allocate must.
 
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -251,11 +250,8 @@ fn shim_3_mutex_held_by_the_main_flow_defers_its_handlers() {
 
 #[test]
 fn shim_4_not_handler_safe_helper_in_a_handler_is_caught_by_name() {
-    let (r, w) = aem_conformance::pipe();
     let efd = eventfd();
-    let status = in_child_status(|| {
-        // SAFETY: stderr becomes the pipe's write end.
-        unsafe { libc::dup2(w.as_raw_fd(), 2) };
+    let (status, err) = aem_conformance::in_child_stderr(|| {
         // libtest captures std's panic output: send it to the pipe.
         std::panic::set_hook(Box::new(|info| aem::eprintln!("{info}")));
         // SAFETY: this handler breaks the contract on purpose, in a child
@@ -274,9 +270,6 @@ fn shim_4_not_handler_safe_helper_in_a_handler_is_caught_by_name() {
         eventfd_add(&efd, 1);
         0
     });
-    drop(w);
-    let mut err = String::new();
-    std::fs::File::from(r).read_to_string(&mut err).unwrap();
     assert!(
         libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
         "status {status:#x}, stderr {err:?}"
@@ -337,15 +330,7 @@ unsafe fn interleaved(
     main_round: fn(u64),
     finish: fn(),
 ) -> (i32, String) {
-    let (r, w) = aem_conformance::pipe();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        std::fs::File::from(r).read_to_string(&mut out).unwrap();
-        out
-    });
-    let status = in_child_status(|| {
-        // SAFETY: `fd` becomes the pipe's write end.
-        unsafe { libc::dup2(w.as_raw_fd(), fd) };
+    let (status, out) = aem_conformance::in_child_output(fd, || {
         setup();
         let efd = eventfd();
         // SAFETY: our caller vouches for `on_event`.
@@ -380,8 +365,6 @@ unsafe fn interleaved(
         finish();
         0
     });
-    drop(w);
-    let out = reader.join().unwrap();
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "status {status:#x}"
