@@ -36,7 +36,7 @@
 //! per event.  [`Options::cookie`] is used by this module and ignored.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -48,9 +48,10 @@ use crate::Error;
 
 type Closure = Box<dyn FnMut(&Record) -> Action + Send>;
 
-/// One registration's closure: locked while it runs, so that two threads
-/// dispatching records of the same event take turns.
-type Entry = Arc<Mutex<Closure>>;
+/// One registration's closure, locked while it runs, so that two threads
+/// dispatching records of the same event take turns; and its handle's
+/// flag that says the event ended.
+type Entry = Arc<(Mutex<Closure>, Arc<AtomicBool>)>;
 
 /// Closures by cookie.  Cookies are never reused, unlike event ids: a
 /// record of an event unregistered meanwhile finds nothing.
@@ -109,19 +110,16 @@ where
     let cookie = NEXT_COOKIE.fetch_add(1, Ordering::Relaxed);
     let mut attr = attr_for(source, options);
     attr.cookie = cookie;
-    // In the table first: a record may be dispatched by another thread as
-    // soon as the kernel has the registration.
-    table().insert(cookie, Arc::new(Mutex::new(Box::new(handler))));
-    match register_attr(&attr) {
-        Ok(registration) => Ok(DispatchRegistration {
-            registration,
-            cookie,
-        }),
-        Err(e) => {
-            table().remove(&cookie);
-            Err(e)
-        }
-    }
+    // In the table, locked, before the kernel has the registration: a
+    // record may be dispatched by another thread as soon as it has.
+    let mut table = table();
+    let registration = register_attr(&attr)?;
+    let ended = registration.ended();
+    table.insert(cookie, Arc::new((Mutex::new(Box::new(handler)), ended)));
+    Ok(DispatchRegistration {
+        registration,
+        cookie,
+    })
 }
 
 impl Drop for DispatchRegistration {
@@ -157,7 +155,7 @@ pub fn dispatch(timeout: Option<Duration>) -> Result<Vec<Record>, Error> {
         // A closure that panicked poisoned its lock; it runs again all the
         // same, as an inline handler would.
         let action = {
-            let mut closure = entry.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut closure = entry.0.lock().unwrap_or_else(PoisonError::into_inner);
             closure(&rec)
         };
         let op = match action {
@@ -168,10 +166,11 @@ pub fn dispatch(timeout: Option<Duration>) -> Result<Vec<Record>, Error> {
         // Not if the closure dropped its own handle: the id is no longer
         // this event's to act on.
         let mut table = table();
-        if table.contains_key(&rec.cookie) {
-            // ENOENT: a one-shot event, already unregistered.
+        if table.contains_key(&rec.cookie) && !entry.1.load(Ordering::Acquire) {
             let _ = aem_syscalls::aem_ctl(rec.id as i32, op, 0);
             if op == uapi::AEM_CTL_UNREGISTER {
+                // Its id may go to a new event: the handle leaves it be.
+                entry.1.store(true, Ordering::Release);
                 table.remove(&rec.cookie);
             }
         }

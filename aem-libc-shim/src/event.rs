@@ -7,8 +7,11 @@
 //! that poll, select and epoll see readable while records are pending.
 
 use core::mem::size_of;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::time::Duration;
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Weak};
 
 use aem_syscalls::uapi;
 
@@ -161,11 +164,47 @@ pub struct Options {
 }
 
 /// A registered event; dropping it unregisters the event.
+///
+/// Once the kernel has ended the event -- a one-shot event whose record
+/// [`wait`] took, or a closure of [`crate::dispatch`] that returned
+/// [`Action::Unregister`](crate::Action::Unregister) -- the handle is
+/// inert: its calls fail with `ENOENT` and dropping it unregisters
+/// nothing, since the kernel may have given its id to a new event.
 #[derive(Debug)]
 pub struct Registration {
     id: u32,
     /// A copy inherited over `fork()` is inert (see `owner.rs`).
     owner: Owner,
+    /// Whether the event is one-shot, and so in [`ONESHOTS`] until its
+    /// record is taken.
+    oneshot: bool,
+    /// Set when the kernel has ended the event.
+    ended: Arc<AtomicBool>,
+}
+
+/// The one-shot events whose record nobody took yet, by id: [`wait`]
+/// marks each ended as it takes its record.  An `aem::sync::Mutex`, since
+/// a handler may drop a registration.
+static ONESHOTS: crate::sync::Mutex<BTreeMap<u32, Weak<AtomicBool>>> =
+    crate::sync::Mutex::new(BTreeMap::new());
+
+/// How many entries [`ONESHOTS`] has: [`wait`] skips the lock at 0.
+static ONESHOTS_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Mark the one-shot events of `records` ended.
+fn end_oneshots(records: &[uapi::aem_record]) {
+    if ONESHOTS_LEN.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut oneshots = ONESHOTS.lock();
+    for rec in records {
+        if let Some(ended) = oneshots.remove(&rec.id) {
+            ONESHOTS_LEN.fetch_sub(1, Ordering::Release);
+            if let Some(ended) = ended.upgrade() {
+                ended.store(true, Ordering::Release);
+            }
+        }
+    }
 }
 
 fn ns(d: Duration) -> u64 {
@@ -257,11 +296,23 @@ pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Er
 
 /// [`register`] for ready-made attributes.
 pub(crate) fn register_attr(attr: &uapi::aem_event_attr) -> Result<Registration, Error> {
+    let oneshot = attr.flags & uapi::AEM_EV_ONESHOT != 0;
+    let ended = Arc::new(AtomicBool::new(false));
+    // A one-shot's record may be taken by another thread as soon as the
+    // kernel has the event: it is in the table before [`wait`] can look.
+    let mut oneshots = oneshot.then(|| ONESHOTS.lock());
     // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
     let id = unsafe { aem_syscalls::aem_register(attr, size_of::<uapi::aem_event_attr>(), 0) }?;
+    if let Some(oneshots) = oneshots.as_mut() {
+        if oneshots.insert(id, Arc::downgrade(&ended)).is_none() {
+            ONESHOTS_LEN.fetch_add(1, Ordering::Release);
+        }
+    }
     Ok(Registration {
         id,
         owner: Owner::current(),
+        oneshot,
+        ended,
     })
 }
 
@@ -272,7 +323,30 @@ impl Registration {
     }
 
     fn ctl(&self, op: u32, arg: u64) -> Result<(), Error> {
+        if self.ended.load(Ordering::Acquire) {
+            return Err(Error::Os(Errno(libc::ENOENT)));
+        }
         ctl_owned(self.owner, self.id, op, arg)
+    }
+
+    /// The flag that says the kernel ended the event, for
+    /// [`crate::dispatch`] to set.
+    pub(crate) fn ended(&self) -> Arc<AtomicBool> {
+        self.ended.clone()
+    }
+
+    /// Take a one-shot event that is still pending out of [`ONESHOTS`].
+    fn forget_oneshot(&self) {
+        if !self.oneshot || self.ended.load(Ordering::Acquire) {
+            return;
+        }
+        let mut oneshots = ONESHOTS.lock();
+        if let Some(entry) = oneshots.get(&self.id) {
+            if entry.ptr_eq(&Arc::downgrade(&self.ended)) {
+                oneshots.remove(&self.id);
+                ONESHOTS_LEN.fetch_sub(1, Ordering::Release);
+            }
+        }
     }
 
     /// Deliver the event again; activations counted meanwhile are queued.
@@ -291,17 +365,24 @@ impl Registration {
     }
 
     /// Unregister now, reporting failure (dropping ignores it).
-    pub fn unregister(self) -> Result<(), Error> {
-        let r = self.ctl(uapi::AEM_CTL_UNREGISTER, 0);
-        core::mem::forget(self);
+    pub fn unregister(mut self) -> Result<(), Error> {
+        let r = self.unregister_now();
+        // Unregistered already: what is left is the memory.
+        self.ended.store(true, Ordering::Release);
         r
+    }
+
+    fn unregister_now(&mut self) -> Result<(), Error> {
+        self.forget_oneshot();
+        self.ctl(uapi::AEM_CTL_UNREGISTER, 0)
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // ENOENT: a one-shot event already unregistered by its delivery.
-        let _ = self.ctl(uapi::AEM_CTL_UNREGISTER, 0);
+        // ENOENT: a one-shot event whose record is on its way (or a copy
+        // inherited over fork()).
+        let _ = self.unregister_now();
     }
 }
 
@@ -416,7 +497,9 @@ pub fn wait(max: usize, timeout: Option<Duration>) -> Result<Vec<Record>, Error>
     // SAFETY: `raw` holds `max` records; `ts_ptr` is null or points at a
     // live timespec.
     let n = unsafe { aem_syscalls::aem_wait(raw.as_mut_ptr(), max, ts_ptr, 0) }?;
-    Ok(raw[..n as usize].iter().map(Record::from).collect())
+    let raw = &raw[..n as usize];
+    end_oneshots(raw);
+    Ok(raw.iter().map(Record::from).collect())
 }
 
 /// A new descriptor for the process's AEM context, readable while polled

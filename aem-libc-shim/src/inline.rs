@@ -48,7 +48,18 @@ impl Action {
     }
 }
 
-type Handler = Box<dyn FnMut(&Record) -> Action + Send>;
+/// What a registration's cookie points at: its closure, and whether the
+/// kernel has ended the event.
+struct Handler {
+    closure: Box<dyn FnMut(&Record) -> Action + Send>,
+    /// A one-shot event: the kernel unregisters it as it delivers it.
+    oneshot: bool,
+    /// Set by the entry when the kernel unregistered the event (a one-shot
+    /// delivered, or `Action::Unregister`).  From then on its id may be
+    /// given to a new event, which the handle must leave alone.  Only the
+    /// registering thread reads or writes it.
+    ended: Cell<bool>,
+}
 
 // The return path of every handler: aem_return(the handler's result).
 global_asm!(
@@ -118,21 +129,22 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
     // registering thread.
     let handler = unsafe { &mut *raw };
     let depth = crate::critical_depth();
-    let action = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&record)))
-        .unwrap_or_else(|payload| {
-            // Straight to fd 2: std's stderr may be captured (tests) or in
-            // use by the interrupted code.
-            let why = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
-            crate::eprintln!(
-                "aem: the inline handler of event {} panicked: {why}; aborting",
-                record.id
-            );
-            std::process::abort()
-        });
+    let action =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (handler.closure)(&record)))
+            .unwrap_or_else(|payload| {
+                // Straight to fd 2: std's stderr may be captured (tests) or in
+                // use by the interrupted code.
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                crate::eprintln!(
+                    "aem: the inline handler of event {} panicked: {why}; aborting",
+                    record.id
+                );
+                std::process::abort()
+            });
     if cfg!(debug_assertions) && crate::critical_depth() != depth {
         // Its thread's events would stay blocked for good: a bug to
         // report where it is, not to debug later.
@@ -145,6 +157,9 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
         std::process::abort();
     }
     RUNNING.set(ptr::null_mut());
+    if handler.oneshot || action == Action::Unregister {
+        handler.ended.set(true);
+    }
     if RETIRED.replace(false) {
         // SAFETY: the registration was dropped (and the event unregistered)
         // while this handler ran; nothing else holds the box.
@@ -227,7 +242,11 @@ pub struct InlineRegistration {
 ///   ([`aem::log`](crate::log)) installed;
 /// - the heap (`Box`, `Vec`, `String`, `format!`, ...) only if the
 ///   program's global allocator is
-///   [`aem::HandlerSafeAlloc`](crate::HandlerSafeAlloc);
+///   [`aem::HandlerSafeAlloc`](crate::HandlerSafeAlloc), and the one over
+///   a heap of its own, [`HandlerSafeAlloc::separate`](crate::HandlerSafeAlloc::separate),
+///   unless the thread's main flow never calls C code that allocates with
+///   the C library's `malloc` (`std::fs::read_dir`, `getaddrinfo`,
+///   `setenv`, C libraries): those calls run outside any critical section;
 ///
 /// and in particular that it does not use:
 ///
@@ -305,7 +324,11 @@ where
     if attr.flags & uapi::AEM_EV_ONSTACK != 0 && !has_handler_sized_altstack() {
         return Err(Error::Os(aem_syscalls::Errno(libc::EINVAL)));
     }
-    let boxed: Box<Handler> = Box::new(Box::new(handler));
+    let boxed = Box::new(Handler {
+        closure: Box::new(handler),
+        oneshot: attr.flags & uapi::AEM_EV_ONESHOT != 0,
+        ended: Cell::new(false),
+    });
     warn_unless_handler_safe_alloc();
     let handler = Box::into_raw(boxed);
     attr.handler = aem_shim_entry as *const () as u64;
@@ -333,23 +356,36 @@ impl InlineRegistration {
         self.id
     }
 
+    /// `aem_ctl(op)` on the event, unless the kernel ended it: then its id
+    /// may be another event's, and this fails with `ENOENT` as it did
+    /// before the id was given again.
+    fn ctl(&self, op: u32) -> Result<(), Error> {
+        // SAFETY: the box lives until this handle drops (or, dropped by
+        // its own handler, until that returns); `ended` is only touched on
+        // this thread.
+        if unsafe { (*self.handler).ended.get() } {
+            return Err(Error::Os(aem_syscalls::Errno(libc::ENOENT)));
+        }
+        ctl_owned(self.owner, self.id, op, 0)
+    }
+
     /// Deliver the event again after a [`Action::Disarm`] or a disable.
     pub fn enable(&self) -> Result<(), Error> {
-        ctl_owned(self.owner, self.id, uapi::AEM_CTL_ENABLE, 0)
+        self.ctl(uapi::AEM_CTL_ENABLE)
     }
 
     /// Stop delivering the event; activations are still counted.
     pub fn disable(&self) -> Result<(), Error> {
-        ctl_owned(self.owner, self.id, uapi::AEM_CTL_DISABLE, 0)
+        self.ctl(uapi::AEM_CTL_DISABLE)
     }
 }
 
 impl Drop for InlineRegistration {
     fn drop(&mut self) {
-        // ENOENT: a one-shot event, or one whose handler unregistered it,
-        // or a copy inherited over fork() (the child's own closure copy is
-        // freed below all the same).
-        let _ = ctl_owned(self.owner, self.id, uapi::AEM_CTL_UNREGISTER, 0);
+        // ENOENT: a copy inherited over fork() (the child's own closure
+        // copy is freed below all the same), or an event the kernel ended
+        // (not asked: its id may be a new event's).
+        let _ = self.ctl(uapi::AEM_CTL_UNREGISTER);
         if RUNNING.get() == self.handler {
             // Dropped by its own handler: freed when the handler returns.
             RETIRED.set(true);

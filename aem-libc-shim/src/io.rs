@@ -8,9 +8,17 @@
 //! [`Mutex`], which defers the thread's events: lines from handlers, the
 //! main flow and other threads never mix, and nothing can deadlock.
 //!
-//! They write straight to the file descriptor, unbuffered, so mixing them
-//! with `std`'s buffered macros on the same stream may reorder lines
-//! (never split them).  Errors are ignored, as a handler could not act on
+//! They write straight to the file descriptor, unbuffered.  Mixing them
+//! with `std`'s macros on a stream that inline handlers write to is not
+//! line-safe: `std` writes a line in more than one `write(2)` when it is
+//! longer than its 1 KiB buffer, or as it formats, and takes no lock of
+//! this module, so a line of these macros -- from a handler that
+//! interrupted `std::println!`, or from another thread -- can land inside
+//! one of `std`'s.  Seen on 6.12.117-aem: with 1.5 KiB `std` lines in the
+//! main flow and `aem::println!` in handlers, 50 to 228 split lines in
+//! 2 s.  So in a program with inline handlers, print with these macros on
+//! both sides; closures run by [`crate::dispatch`] interrupt nothing and
+//! may use `std`'s.  Errors are ignored, as a handler could not act on
 //! them; use [`write_fmt`] to see them.
 
 use core::fmt::{self, Write as _};

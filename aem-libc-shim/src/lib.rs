@@ -70,7 +70,10 @@
 //! - output only through this crate's macros ([`io`]), and logging through
 //!   [`log`]'s macros with this crate's backend ([`mod@log`]);
 //! - the heap only when the program's global allocator is
-//!   [`HandlerSafeAlloc`].
+//!   [`HandlerSafeAlloc`] -- [`HandlerSafeAlloc::separate`], unless the
+//!   main flow never calls C code that allocates (`opendir`, so
+//!   `std::fs::read_dir`, `getaddrinfo`, `setenv`, ...; see
+//!   [Which heap](crate::HandlerSafeAlloc#which-heap)).
 //!
 //! `errno` is saved and restored around every handler.
 
@@ -96,7 +99,7 @@ mod signal;
 mod socket;
 pub mod sync;
 
-pub use alloc::HandlerSafeAlloc;
+pub use alloc::{HandlerSafeAlloc, SeparateHeap};
 pub use critical::{critical, critical_depth, critical_section, CriticalSection};
 pub use dispatch::{dispatch, on_event, DispatchRegistration};
 pub use error::{Errno, Error};

@@ -11,6 +11,8 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
+pub mod patterns;
+
 /// Write an embedded static executable to a temporary file and run it.
 ///
 /// Panics with a clear message when `image` is empty (the build had no
@@ -99,6 +101,91 @@ pub fn kill_on_syscalls(nrs: &[libc::c_long]) -> io::Result<()> {
     filter_syscalls(nrs, libc::SECCOMP_RET_KILL_PROCESS)
 }
 
+/// System calls [`trap_syscall_op`] trapped (and so did not make).
+pub static TRAPPED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn count_trap(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TRAPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Install, on the calling thread only, a seccomp filter that stops
+/// system call `nr` whenever its second argument is `op` (an `aem_ctl()`
+/// operation, say): the call is not made, fails with `ENOSYS`, and counts
+/// in [`TRAPPED`].  Proof of which calls a code path makes.  Use it in a
+/// child process.
+pub fn trap_syscall_op(nr: libc::c_long, op: u32) -> io::Result<()> {
+    // SAFETY: sigaction is plain data; the handler only bumps an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = count_trap as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    // Offsets in struct seccomp_data: nr, arch, args[1]'s low word.
+    const NR_OFF: u32 = 0;
+    const ARCH_OFF: u32 = 4;
+    const ARG1_OFF: u32 = 24;
+    let ld = |k| libc::sock_filter {
+        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k, jt, jf| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ret = |k| libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let filter = [
+        ld(ARCH_OFF),
+        jeq(AUDIT_ARCH_X86_64, 0, 4),
+        ld(NR_OFF),
+        jeq(nr as u32, 0, 2),
+        ld(ARG1_OFF),
+        jeq(op, 1, 0),
+        ret(libc::SECCOMP_RET_ALLOW),
+        ret(libc::SECCOMP_RET_TRAP),
+    ];
+    install_filter(&filter)
+}
+
+/// Load the seccomp program `filter` on the calling thread.
+fn install_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: prctl with these arguments only sets a per-thread flag.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `prog` points at a valid filter that outlives the call (the
+    // kernel copies it).  Without SECCOMP_FILTER_FLAG_TSYNC it applies to
+    // this thread only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A seccomp filter: `action` for the system calls `nrs`, allow the rest.
 fn filter_syscalls(nrs: &[libc::c_long], action: u32) -> io::Result<()> {
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
@@ -131,29 +218,7 @@ fn filter_syscalls(nrs: &[libc::c_long], action: u32) -> io::Result<()> {
     }
     filter.push(ret(libc::SECCOMP_RET_ALLOW));
     filter.push(ret(action));
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut _,
-    };
-    // SAFETY: prctl with these arguments only sets a per-thread flag.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `prog` points at a valid filter that outlives the call (the
-    // kernel copies it).  Without SECCOMP_FILTER_FLAG_TSYNC it applies to
-    // this thread only.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    install_filter(&filter)
 }
 
 /// Fork; the child runs `f` and exits with its return value (99 if it
@@ -318,6 +383,45 @@ pub fn watch_in(
 /// Add `n` to an eventfd's counter (a readiness wake-up).
 pub fn eventfd_add(fd: &impl std::os::fd::AsRawFd, n: u64) {
     write_fd(fd, &n.to_ne_bytes());
+}
+
+/// Let another thread add 1 to the eventfd `efd` `events` times while this
+/// one runs `round(1)`, `round(2)`, ... until the adding is done and at
+/// least `min_rounds` ran.  Returns the number of rounds.  The events so
+/// interrupt (or wait for) the calling thread's work anywhere in it.
+pub fn fire_while(
+    efd: &impl std::os::fd::AsRawFd,
+    events: u64,
+    min_rounds: u64,
+    mut round: impl FnMut(u64),
+) -> u64 {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    // SAFETY: dup of a live descriptor; the thread owns the copy.
+    let copy = unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::dup(efd.as_raw_fd())) };
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let firer = std::thread::spawn(move || {
+        for _ in 0..events {
+            eventfd_add(&copy, 1);
+        }
+        d.store(true, SeqCst);
+    });
+    let mut i = 0;
+    while !done.load(SeqCst) || i < min_rounds {
+        i += 1;
+        round(i);
+    }
+    firer.join().expect("eventfd firer");
+    i
+}
+
+/// Kill the calling process with `SIGALRM` after `secs` seconds: the
+/// watchdog of a child that could deadlock.
+pub fn watchdog(secs: u32) {
+    // SAFETY: alarm has no memory-safety preconditions; SIGALRM's default
+    // action ends the process.
+    unsafe { libc::alarm(secs) };
 }
 
 /// The memory cgroup the calling process runs in, made for a test:

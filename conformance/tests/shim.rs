@@ -623,6 +623,105 @@ fn shim_1_handle_inherited_over_fork_leaves_the_childs_event_alone() {
     assert_eq!(code, 0);
 }
 
+/// A one-shot timer that fires at once.
+fn soon() -> Source<'static> {
+    Source::Timer {
+        clock: aem::Clock::Monotonic,
+        expiry: aem::Expiry::After(Duration::from_micros(100)),
+        interval: None,
+    }
+}
+
+#[test]
+fn shim_1_handles_of_events_the_kernel_ended_make_no_unregister_call() {
+    use aem_conformance::{trap_syscall_op, TRAPPED};
+    use aem_syscalls::uapi;
+    let oneshot = Options {
+        oneshot: true,
+        ..Options::default()
+    };
+    let code = in_child(|| {
+        let fired = Arc::new(AtomicU64::new(0));
+        let f = fired.clone();
+        // SAFETY: the handlers touch an atomic.
+        let (inline_oneshot, inline_unregistered) = unsafe {
+            let f2 = f.clone();
+            (
+                aem::register_inline(soon(), oneshot, move |_| {
+                    f.fetch_add(1, SeqCst);
+                    Action::Rearm
+                })
+                .unwrap(),
+                aem::register_inline(soon(), Options::default(), move |_| {
+                    f2.fetch_add(1, SeqCst);
+                    Action::Unregister
+                })
+                .unwrap(),
+            )
+        };
+        let polled_oneshot = aem::register(soon(), oneshot).unwrap();
+        let f = fired.clone();
+        let dispatched_unregistered = aem::on_event(soon(), Options::default(), move |_| {
+            f.fetch_add(1, SeqCst);
+            Action::Unregister
+        })
+        .unwrap();
+        let f = fired.clone();
+        let dispatched_oneshot = aem::on_event(soon(), oneshot, move |_| {
+            f.fetch_add(1, SeqCst);
+            Action::Rearm
+        })
+        .unwrap();
+        let live = aem::register(hour_timer(), Options::default()).unwrap();
+        // Take the polled records: the one-shot's, and the dispatched ones
+        // (run by dispatch).
+        let mut polled = 0;
+        while fired.load(SeqCst) < 4 || polled < 1 {
+            // EINTR: an inline handler ran meanwhile.
+            if let Ok(others) = aem::dispatch(Some(Duration::from_millis(10))) {
+                polled += others
+                    .iter()
+                    .filter(|r| r.id == polled_oneshot.id())
+                    .count();
+            }
+        }
+        // Each of these events is gone from the kernel: their ids are free
+        // to go to new events, which their handles must leave alone.
+        for id in [
+            inline_oneshot.id(),
+            inline_unregistered.id(),
+            polled_oneshot.id(),
+            dispatched_unregistered.id(),
+            dispatched_oneshot.id(),
+        ] {
+            if proc_row(id).is_some() {
+                eprintln!("event {id} is still registered");
+                return 2;
+            }
+        }
+        let enoent = Err(aem::Error::Os(aem::Errno(libc::ENOENT)));
+        trap_syscall_op(uapi::__NR_aem_ctl as libc::c_long, uapi::AEM_CTL_UNREGISTER).unwrap();
+        if inline_oneshot.disable() != enoent || polled_oneshot.disable() != enoent {
+            eprintln!("an ended handle's call did not fail with ENOENT");
+            return 3;
+        }
+        drop(inline_oneshot);
+        drop(inline_unregistered);
+        drop(polled_oneshot);
+        drop(dispatched_unregistered);
+        drop(dispatched_oneshot);
+        let stale = TRAPPED.load(SeqCst);
+        // The filter works: a live handle's drop is caught.
+        drop(live);
+        let caught = TRAPPED.load(SeqCst) - stale;
+        (stale * 10 + caught) as i32
+    });
+    assert_eq!(
+        code, 1,
+        "tens: unregister calls made by handles of ended events; ones: by the live one"
+    );
+}
+
 #[test]
 fn shim_3_log_records_from_handlers_and_main_flow_are_whole_lines() {
     static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);

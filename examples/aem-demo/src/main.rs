@@ -16,9 +16,10 @@ static ITERATIONS: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
 static PIPE_WRITER: AtomicI32 = AtomicI32::new(-1);
 
-// Handlers allocate (a lossy string): the allocator must be handler-safe.
+// Handlers allocate (a lossy string): the allocator must be handler-safe,
+// over a heap of its own so that C library calls cannot block it.
 #[global_allocator]
-static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
+static ALLOC: aem::HandlerSafeAlloc<aem::SeparateHeap> = aem::HandlerSafeAlloc::separate();
 
 // A handler may interrupt the main flow anywhere, even inside std's stdout
 // lock: every line goes through aem::println!, which handlers and the main

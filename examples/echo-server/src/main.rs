@@ -37,7 +37,7 @@ use std::process::ExitCode;
 use aem::{AcceptFlags, Action, FdEvents, InlineRegistration, Options, ReadEvent, Source};
 
 #[global_allocator]
-static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
+static ALLOC: aem::HandlerSafeAlloc<aem::SeparateHeap> = aem::HandlerSafeAlloc::separate();
 
 const USAGE: &str = "usage: aem-echo-server [--addr HOST:PORT]";
 

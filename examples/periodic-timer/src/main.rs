@@ -24,7 +24,7 @@ use std::time::Duration;
 use aem::{Action, Clock, EventData, Expiry, Options, Source};
 
 #[global_allocator]
-static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
+static ALLOC: aem::HandlerSafeAlloc<aem::SeparateHeap> = aem::HandlerSafeAlloc::separate();
 
 const USAGE: &str = "usage: aem-periodic-timer [--period-ms N] [--ticks N]";
 
