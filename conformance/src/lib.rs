@@ -385,16 +385,18 @@ pub fn eventfd_add(fd: &impl std::os::fd::AsRawFd, n: u64) {
     write_fd(fd, &n.to_ne_bytes());
 }
 
-/// Let another thread add 1 to the eventfd `efd` `events` times while this
-/// one runs `round(1)`, `round(2)`, ... until the adding is done and at
-/// least `min_rounds` ran.  Returns the number of rounds.  The events so
-/// interrupt (or wait for) the calling thread's work anywhere in it.
+/// Let another thread add 1 to the eventfd `efd`, again and again for
+/// `duration` (a write every few microseconds, so that the events come
+/// one by one and interrupt, or wait for, the calling thread's work
+/// anywhere in it), while this one runs `round(1)`, `round(2)`, ... until
+/// the adding is done and at least `min_rounds` ran.  Returns the rounds
+/// run and the writes made.
 pub fn fire_while(
     efd: &impl std::os::fd::AsRawFd,
-    events: u64,
+    duration: std::time::Duration,
     min_rounds: u64,
     mut round: impl FnMut(u64),
-) -> u64 {
+) -> (u64, u64) {
     use std::os::fd::FromRawFd;
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     // SAFETY: dup of a live descriptor; the thread owns the copy.
@@ -402,18 +404,24 @@ pub fn fire_while(
     let done = std::sync::Arc::new(AtomicBool::new(false));
     let d = done.clone();
     let firer = std::thread::spawn(move || {
-        for _ in 0..events {
+        let end = std::time::Instant::now() + duration;
+        let mut writes = 0;
+        while std::time::Instant::now() < end {
             eventfd_add(&copy, 1);
+            writes += 1;
+            if writes % 4 == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
         }
         d.store(true, SeqCst);
+        writes
     });
     let mut i = 0;
     while !done.load(SeqCst) || i < min_rounds {
         i += 1;
         round(i);
     }
-    firer.join().expect("eventfd firer");
-    i
+    (i, firer.join().expect("eventfd firer"))
 }
 
 /// Kill the calling process with `SIGALRM` after `secs` seconds: the

@@ -29,7 +29,8 @@ use aem_conformance::{eventfd, fire_while, in_child_output, watchdog};
 #[global_allocator]
 static ALLOC: aem::HandlerSafeAlloc<aem::SeparateHeap> = aem::HandlerSafeAlloc::separate();
 
-const EVENTS: u64 = 10_000;
+/// How long each test fires events.
+const FIRING: Duration = Duration::from_secs(2);
 
 /// What a child reported.
 struct Outcome {
@@ -40,7 +41,7 @@ struct Outcome {
 
 /// In a child process, with standard output captured and a 60 s
 /// watchdog: an inline handler on an eventfd that another thread writes
-/// [`EVENTS`] times runs `handle` for each record, interrupting
+/// for [`FIRING`] runs `handle` for each record, interrupting
 /// `main_round(1)`, `main_round(2)`, ... anywhere; then `finish()`.
 /// Asserts that the child exits 0 and every activation arrived, exactly.
 ///
@@ -75,15 +76,15 @@ unsafe fn run(
             })
         }
         .unwrap();
-        let rounds = fire_while(&efd, EVENTS, 1000, &mut main_round);
+        let (rounds, fired) = fire_while(&efd, FIRING, 1000, &mut main_round);
         let end = Instant::now() + Duration::from_secs(10);
-        while activations.load(SeqCst) < EVENTS && Instant::now() < end {
+        while activations.load(SeqCst) < fired && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));
         }
         drop(registration);
         finish();
         aem::println!(
-            "total {} {} {rounds}",
+            "total {} {} {rounds} {fired}",
             activations.load(SeqCst),
             records.load(SeqCst)
         );
@@ -102,8 +103,12 @@ unsafe fn run(
         .split(' ')
         .map(|n| n.parse().unwrap())
         .collect();
-    assert_eq!(total[0], EVENTS, "activations lost or invented");
-    assert!(total[1] > 1, "the handler never interrupted the main flow");
+    assert_eq!(total[0], total[3], "activations lost or invented");
+    assert!(
+        total[1] >= 100,
+        "the handler interrupted the main flow only {} times",
+        total[1]
+    );
     Outcome {
         lines,
         records: total[1],
@@ -195,9 +200,15 @@ fn shim_3_inline_handlers_share_thread_local_caches_through_critical_sections() 
         })
         .collect();
     assert_eq!(reports.len() as u64, o.rounds / 100 + 1);
-    // One cached box at a time, never freed twice or leaked, and every
+    // One cached box at a time, never freed twice or leaked (none after
+    // a report that took it, if nothing used the cache since), and every
     // use of it counted once.
-    assert!(reports.iter().all(|&(live, _)| live == 1), "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .all(|&(live, uses)| live == i64::from(uses > 0)),
+        "{reports:?}"
+    );
     let uses: u64 = reports.iter().map(|&(_, u)| u).sum();
     assert_eq!(uses, o.rounds + o.records);
 }
