@@ -10,14 +10,10 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use aem::{Action, Clock, Expiry, Options, Source};
+//! use aem::{Action, Options, Source};
 //!
-//! let tick = Source::Timer {
-//!     clock: Clock::Monotonic,
-//!     expiry: Expiry::After(Duration::from_millis(100)),
-//!     interval: Some(Duration::from_millis(100)),
-//! };
-//! let _reg = aem::on_event(tick, Options::default(), |rec| {
+//! let tick = Source::periodic(Duration::from_millis(100));
+//! let _reg = aem::on_event(tick, Options::new(), |rec| {
 //!     println!("tick x{}", rec.count);
 //!     Action::Rearm
 //! })?;
@@ -46,7 +42,7 @@ use crate::event::{attr_for, register_attr, Options, Record, Registration, Sourc
 use crate::inline::{not_handler_safe, Action};
 use crate::Error;
 
-type Closure = Box<dyn FnMut(&Record) -> Action + Send>;
+type Closure = Box<dyn FnMut(&mut Record) -> Action + Send>;
 
 /// One registration's closure, locked while it runs, so that two threads
 /// dispatching records of the same event take turns; and its handle's
@@ -95,6 +91,10 @@ impl core::ops::Deref for DispatchRegistration {
 /// Not handler-safe (nor is dropping the handle): both take a `std` lock
 /// that the code an inline handler interrupted may hold.
 ///
+/// The closure borrows its [`Record`] mutably: what the record owns -- the
+/// connection of a [`Source::accept`] event -- is the closure's to take
+/// ([`Record::take_accepted`]); what it leaves is closed when it returns.
+///
 /// The closure's [`Action`]: `Rearm` keeps the event as it is,
 /// `Disarm` disables it (until [`Registration::enable`]),
 /// `Unregister` ends it (the handle becomes inert).
@@ -104,7 +104,7 @@ pub fn on_event<F>(
     handler: F,
 ) -> Result<DispatchRegistration, Error>
 where
-    F: FnMut(&Record) -> Action + Send + 'static,
+    F: FnMut(&mut Record) -> Action + Send + 'static,
 {
     not_handler_safe("aem::on_event");
     let cookie = NEXT_COOKIE.fetch_add(1, Ordering::Relaxed);
@@ -146,7 +146,7 @@ impl Drop for DispatchRegistration {
 pub fn dispatch(timeout: Option<Duration>) -> Result<Vec<Record>, Error> {
     not_handler_safe("aem::dispatch");
     let mut others = Vec::new();
-    for rec in crate::event::wait(BATCH, timeout)? {
+    for mut rec in crate::event::wait(BATCH, timeout)? {
         let entry = table().get(&rec.cookie).cloned();
         let Some(entry) = entry else {
             others.push(rec);
@@ -156,7 +156,7 @@ pub fn dispatch(timeout: Option<Duration>) -> Result<Vec<Record>, Error> {
         // same, as an inline handler would.
         let action = {
             let mut closure = entry.0.lock().unwrap_or_else(PoisonError::into_inner);
-            closure(&rec)
+            closure(&mut rec)
         };
         let op = match action {
             Action::Rearm => continue,

@@ -29,34 +29,49 @@ pub(crate) fn errno_or(word: u64) -> Result<u64, Errno> {
     }
 }
 
-/// Readiness events of an fd source (`EPOLLIN`, `EPOLLOUT`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct FdEvents(pub u32);
-
-impl FdEvents {
-    /// Readable.
-    pub const IN: FdEvents = FdEvents(libc::EPOLLIN as u32);
-    /// Writable.
-    pub const OUT: FdEvents = FdEvents(libc::EPOLLOUT as u32);
-    /// Urgent data.
-    pub const PRI: FdEvents = FdEvents(libc::EPOLLPRI as u32);
-    /// The peer closed its writing end.
-    pub const RDHUP: FdEvents = FdEvents(libc::EPOLLRDHUP as u32);
-    /// An error (always reported).
-    pub const ERR: FdEvents = FdEvents(libc::EPOLLERR as u32);
-    /// Hang-up (always reported).
-    pub const HUP: FdEvents = FdEvents(libc::EPOLLHUP as u32);
-
-    /// Whether every event of `other` is in `self`.
-    pub const fn contains(self, other: FdEvents) -> bool {
-        self.0 & other.0 == other.0
+bitflags::bitflags! {
+    /// Readiness events of an fd source (`EPOLLIN`, `EPOLLOUT`, ...), a
+    /// [`bitflags`] set: combine them with `|`, test them with
+    /// [`contains`](FdEvents::contains), and make a set from the kernel's
+    /// bits, unknown ones kept, with
+    /// [`from_bits_retain`](FdEvents::from_bits_retain).
+    ///
+    /// ```
+    /// use aem::FdEvents;
+    ///
+    /// let events = FdEvents::IN | FdEvents::RDHUP;
+    /// assert!(events.contains(FdEvents::IN));
+    /// assert_eq!(FdEvents::from_bits_retain(events.bits()), events);
+    /// ```
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct FdEvents: u32 {
+        /// Readable (`EPOLLIN`).
+        const IN = libc::EPOLLIN as u32;
+        /// Urgent data (`EPOLLPRI`).
+        const PRI = libc::EPOLLPRI as u32;
+        /// Writable (`EPOLLOUT`).
+        const OUT = libc::EPOLLOUT as u32;
+        /// An error (`EPOLLERR`; always reported).
+        const ERR = libc::EPOLLERR as u32;
+        /// Hang-up (`EPOLLHUP`; always reported).
+        const HUP = libc::EPOLLHUP as u32;
+        /// Normal data readable (`EPOLLRDNORM`).
+        const RDNORM = libc::EPOLLRDNORM as u32;
+        /// Priority band data readable (`EPOLLRDBAND`).
+        const RDBAND = libc::EPOLLRDBAND as u32;
+        /// Normal data writable (`EPOLLWRNORM`).
+        const WRNORM = libc::EPOLLWRNORM as u32;
+        /// Priority band data writable (`EPOLLWRBAND`).
+        const WRBAND = libc::EPOLLWRBAND as u32;
+        /// The peer closed its writing end (`EPOLLRDHUP`).
+        const RDHUP = libc::EPOLLRDHUP as u32;
     }
 }
 
-impl core::ops::BitOr for FdEvents {
-    type Output = FdEvents;
-    fn bitor(self, rhs: FdEvents) -> FdEvents {
-        FdEvents(self.0 | rhs.0)
+/// No events.
+impl Default for FdEvents {
+    fn default() -> FdEvents {
+        FdEvents::empty()
     }
 }
 
@@ -91,10 +106,31 @@ pub enum Expiry {
 }
 
 /// What an event watches.
+///
+/// Made with its constructors ([`Source::fd`], [`Source::accept`],
+/// [`Source::socket_state`], [`Source::timer`], and the timer shorthands
+/// [`Source::after`] and [`Source::periodic`]); the variants are
+/// `#[non_exhaustive]`, so that sources and their parameters can grow, and
+/// their fields are public to read.
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::time::Duration;
+/// use aem::{Clock, Expiry, FdEvents, Source};
+///
+/// let stdin = std::io::stdin();
+/// let readable = Source::fd(stdin.as_fd(), FdEvents::IN);
+/// let tick = Source::periodic(Duration::from_millis(10));
+/// let new_year = Expiry::At(Duration::from_secs(1_893_456_000));
+/// let at = Source::timer(Clock::Realtime, new_year, None);
+/// # let _ = (readable, tick, at);
+/// ```
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum Source<'fd> {
-    /// Readiness of a pollable fd.  The kernel keeps the file open until
-    /// the event is unregistered.
+    /// Readiness of a pollable fd ([`Source::fd`]).  The kernel keeps the
+    /// file open until the event is unregistered.
+    #[non_exhaustive]
     Fd {
         /// The file descriptor.
         fd: BorrowedFd<'fd>,
@@ -102,9 +138,10 @@ pub enum Source<'fd> {
         events: FdEvents,
     },
     /// Connections accepted by the kernel on a listening socket, one per
-    /// record ([`EventData::Accept`]); level-triggered by nature.  For a
-    /// handler that receives each connection as an `OwnedFd`, see
-    /// [`crate::on_accept`].
+    /// record ([`EventData::Accept`], [`Source::accept`]); level-triggered
+    /// by nature.  For a handler that receives each connection as an
+    /// `OwnedFd`, see [`crate::on_accept`].
+    #[non_exhaustive]
     Accept {
         /// The listening socket.
         fd: BorrowedFd<'fd>,
@@ -112,14 +149,16 @@ pub enum Source<'fd> {
         flags: AcceptFlags,
     },
     /// A TCP socket's state changes, in order
-    /// ([`EventData::SocketState`]).  The kernel holds the socket, not the
-    /// descriptor: closing it still closes the connection, and the closing
-    /// states are delivered too.
+    /// ([`EventData::SocketState`], [`Source::socket_state`]).  The kernel
+    /// holds the socket, not the descriptor: closing it still closes the
+    /// connection, and the closing states are delivered too.
+    #[non_exhaustive]
     SocketState {
         /// The TCP socket.
         fd: BorrowedFd<'fd>,
     },
-    /// A high-resolution timer.
+    /// A high-resolution timer ([`Source::timer`]).
+    #[non_exhaustive]
     Timer {
         /// Its clock.
         clock: Clock,
@@ -130,13 +169,71 @@ pub enum Source<'fd> {
     },
 }
 
+impl<'fd> Source<'fd> {
+    /// Readiness of the pollable `fd`: `events` (ERR and HUP are always
+    /// reported).
+    pub const fn fd(fd: BorrowedFd<'fd>, events: FdEvents) -> Source<'fd> {
+        Source::Fd { fd, events }
+    }
+
+    /// Connections the kernel accepts on the listening socket `listener`,
+    /// their descriptors made with `flags` (`AcceptFlags::default()`:
+    /// close-on-exec); each record owns its connection
+    /// ([`EventData::Accept`]).
+    pub const fn accept(listener: BorrowedFd<'fd>, flags: AcceptFlags) -> Source<'fd> {
+        Source::Accept {
+            fd: listener,
+            flags,
+        }
+    }
+
+    /// The TCP state changes of `socket`, in order.
+    pub const fn socket_state(socket: BorrowedFd<'fd>) -> Source<'fd> {
+        Source::SocketState { fd: socket }
+    }
+
+    /// A timer on `clock`, first expiring at `expiry`, then every
+    /// `interval` (`None`: once).
+    pub const fn timer(clock: Clock, expiry: Expiry, interval: Option<Duration>) -> Source<'fd> {
+        Source::Timer {
+            clock,
+            expiry,
+            interval,
+        }
+    }
+
+    /// A timer that expires once, `delay` after registration
+    /// ([`Clock::Monotonic`]).  The event stays registered unless
+    /// [`Options::oneshot`] is set.
+    pub const fn after(delay: Duration) -> Source<'fd> {
+        Source::timer(Clock::Monotonic, Expiry::After(delay), None)
+    }
+
+    /// A timer that expires every `period` ([`Clock::Monotonic`]), the
+    /// first time one `period` after registration.
+    pub const fn periodic(period: Duration) -> Source<'fd> {
+        Source::timer(Clock::Monotonic, Expiry::After(period), Some(period))
+    }
+}
+
 /// The smallest alternate signal stack [`Options::onstack`] accepts: room
 /// for the handler frame (up to some 3 KiB of extended FPU state) and a
 /// closure that formats, allocates and locks.
 pub const ONSTACK_MIN_SIZE: usize = 32 * 1024;
 
 /// How an event is delivered.
+///
+/// Made with [`Options::new`] (or `Default`) and its chainable setters, in
+/// the style of `std::fs::OpenOptions`; the fields are public to read.
+///
+/// ```
+/// use aem::Options;
+///
+/// let options = Options::new().priority(10).oneshot(true);
+/// assert_eq!((options.priority, options.oneshot, options.level), (10, true, false));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub struct Options {
     /// 0 (lowest) to 99; higher priorities are delivered first.  An inline
     /// event of priority 1 or more also boosts the thread that runs its
@@ -161,6 +258,78 @@ pub struct Options {
     pub noboost: bool,
     /// Returned with every record.
     pub cookie: u64,
+}
+
+impl Options {
+    /// The defaults: priority 0, edge-triggered, delivered every time,
+    /// enabled, on the thread's own stack, boosting, cookie 0.
+    pub const fn new() -> Options {
+        Options {
+            priority: 0,
+            oneshot: false,
+            level: false,
+            dispatch: false,
+            disabled: false,
+            onstack: false,
+            noboost: false,
+            cookie: 0,
+        }
+    }
+
+    /// Sets [`priority`](Options#structfield.priority) (0 to 99; the kernel
+    /// refuses more with `EINVAL`).
+    pub const fn priority(mut self, priority: u8) -> Options {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets [`oneshot`](Options#structfield.oneshot): unregister after the
+    /// first delivery.
+    pub const fn oneshot(mut self, oneshot: bool) -> Options {
+        self.oneshot = oneshot;
+        self
+    }
+
+    /// Sets [`level`](Options#structfield.level): an fd source is delivered
+    /// again while the fd stays ready.
+    pub const fn level(mut self, level: bool) -> Options {
+        self.level = level;
+        self
+    }
+
+    /// Sets [`dispatch`](Options#structfield.dispatch): disable after each
+    /// delivery.
+    pub const fn dispatch(mut self, dispatch: bool) -> Options {
+        self.dispatch = dispatch;
+        self
+    }
+
+    /// Sets [`disabled`](Options#structfield.disabled): register disabled.
+    pub const fn disabled(mut self, disabled: bool) -> Options {
+        self.disabled = disabled;
+        self
+    }
+
+    /// Sets [`onstack`](Options#structfield.onstack): run an inline handler
+    /// on the thread's alternate signal stack.
+    pub const fn onstack(mut self, onstack: bool) -> Options {
+        self.onstack = onstack;
+        self
+    }
+
+    /// Sets [`noboost`](Options#structfield.noboost): an inline handler
+    /// does not boost its thread.
+    pub const fn noboost(mut self, noboost: bool) -> Options {
+        self.noboost = noboost;
+        self
+    }
+
+    /// Sets [`cookie`](Options#structfield.cookie), returned with every
+    /// record.
+    pub const fn cookie(mut self, cookie: u64) -> Options {
+        self.cookie = cookie;
+        self
+    }
 }
 
 /// A registered event; dropping it unregisters the event.
@@ -241,14 +410,14 @@ pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_
             attr.source = SourceKind::Fd.raw();
             attr.__bindgen_anon_1.fd = uapi::aem_fd_source {
                 fd: fd.as_raw_fd(),
-                events: events.0,
+                events: events.bits(),
             };
         }
         Source::Accept { fd, flags } => {
             attr.source = SourceKind::Accept.raw();
             attr.__bindgen_anon_1.accept = uapi::aem_accept_source {
                 fd: fd.as_raw_fd(),
-                flags: flags.raw(),
+                flags: flags.bits(),
             };
         }
         Source::SocketState { fd } => {
@@ -387,7 +556,11 @@ impl Drop for Registration {
 }
 
 /// What a delivered event carries, by source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// `#[non_exhaustive]`: the sources this crate does not decode yet arrive
+/// as [`EventData::Other`], and may get their own variants.
+#[derive(Debug)]
+#[non_exhaustive]
 pub enum EventData {
     /// Fd readiness: the fd and its ready events.
     Fd {
@@ -403,12 +576,17 @@ pub enum EventData {
     },
     /// An accepted connection, or why accepting failed (`EMFILE`: the
     /// connection waits in the backlog and the event is disabled until
-    /// enabled again).  The receiver owns the new descriptor.
+    /// enabled again).
+    ///
+    /// The record owns the new descriptor: move it out of a record taken
+    /// by value (`match rec.data`, [`Record::into_accepted`]) or out of
+    /// one borrowed mutably ([`Record::take_accepted`]); a record dropped
+    /// with its connection still in closes it.
     Accept {
         /// The listening socket.
         listener: RawFd,
-        /// The new connection's descriptor, or the error.
-        conn: Result<RawFd, Errno>,
+        /// The new connection, or the error.
+        conn: Result<OwnedFd, Errno>,
     },
     /// An asynchronous read into the registration's buffer: the bytes
     /// read, 0 at end of file, or the error.
@@ -427,8 +605,44 @@ pub enum EventData {
     },
 }
 
-/// One delivery of a polled event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Equal when of the same source with equal data; two accepted
+/// connections are equal when they are the same descriptor.
+impl PartialEq for EventData {
+    fn eq(&self, other: &EventData) -> bool {
+        use EventData as D;
+        match (self, other) {
+            (D::Fd { fd: a, ready: r }, D::Fd { fd: b, ready: s }) => a == b && r == s,
+            (D::Timer { expirations: a }, D::Timer { expirations: b }) => a == b,
+            (
+                D::Accept {
+                    listener: a,
+                    conn: c,
+                },
+                D::Accept {
+                    listener: b,
+                    conn: d,
+                },
+            ) => {
+                let raw =
+                    |c: &Result<OwnedFd, Errno>| c.as_ref().map(AsRawFd::as_raw_fd).map_err(|e| *e);
+                a == b && raw(c) == raw(d)
+            }
+            (D::Read { result: a }, D::Read { result: b }) => a == b,
+            (D::SocketState(a), D::SocketState(b)) => a == b,
+            (D::Other { source: a, data: c }, D::Other { source: b, data: d }) => a == b && c == d,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for EventData {}
+
+/// One delivery of an event.
+///
+/// Not `Clone`: an accept record owns the connection it carries (see
+/// [`EventData::Accept`]).
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Record {
     /// The registration's id.
     pub id: u32,
@@ -440,19 +654,43 @@ pub struct Record {
     pub data: EventData,
 }
 
-impl From<&uapi::aem_record> for Record {
-    fn from(r: &uapi::aem_record) -> Record {
+/// What an accept record leaves in place of the connection taken out of
+/// it.
+const TAKEN: Errno = Errno(libc::EBADF);
+
+impl Record {
+    /// Decode a record as the kernel writes it (`struct aem_record`).
+    ///
+    /// A descriptor number that cannot be one (above `i32::MAX`) decodes
+    /// as `Err(EBADF)`.
+    ///
+    /// # Safety
+    ///
+    /// If `raw` is an accept record carrying a descriptor (its `source` is
+    /// `AEM_SOURCE_ACCEPT` and `data[0]` is not a negative errno), that
+    /// descriptor must be open and owned by the caller, who hands it over
+    /// to the record: nothing else may close or own it, and the record
+    /// closes it when dropped.  The records `aem_wait(2)` fills and the
+    /// one an inline handler's frame holds are such: the kernel installed
+    /// each accepted descriptor for that delivery alone.
+    pub unsafe fn from_raw(raw: &uapi::aem_record) -> Record {
+        let r = raw;
         let data = match r.source {
             s if s == SourceKind::Fd.raw() => EventData::Fd {
                 fd: r.data[0] as RawFd,
-                ready: FdEvents(r.data[1] as u32),
+                ready: FdEvents::from_bits_retain(r.data[1] as u32),
             },
             s if s == SourceKind::Timer.raw() => EventData::Timer {
                 expirations: r.data[0],
             },
             s if s == SourceKind::Accept.raw() => EventData::Accept {
                 listener: r.data[1] as RawFd,
-                conn: errno_or(r.data[0]).map(|fd| fd as RawFd),
+                conn: errno_or(r.data[0]).and_then(|fd| {
+                    let fd = RawFd::try_from(fd).map_err(|_| Errno(libc::EBADF))?;
+                    // SAFETY: `fd` is in 0..=i32::MAX, and our caller
+                    // hands over its ownership.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                }),
             },
             s if s == SourceKind::Read.raw() => EventData::Read {
                 result: errno_or(r.data[0]).map(|n| n as usize),
@@ -472,9 +710,40 @@ impl From<&uapi::aem_record> for Record {
             data,
         }
     }
+
+    /// Take the accepted connection out of an accept record, if it still
+    /// holds one; `conn` is then `Err(EBADF)`.  For a handler, which
+    /// borrows its record: a connection it does not take is closed when
+    /// it returns.
+    pub fn take_accepted(&mut self) -> Option<OwnedFd> {
+        match &mut self.data {
+            EventData::Accept {
+                conn: conn @ Ok(_), ..
+            } => core::mem::replace(conn, Err(TAKEN)).ok(),
+            _ => None,
+        }
+    }
+
+    /// The accepted connection of an accept record, if it holds one.
+    pub fn into_accepted(self) -> Option<OwnedFd> {
+        match self.data {
+            EventData::Accept { conn: Ok(fd), .. } => Some(fd),
+            _ => None,
+        }
+    }
+
+    /// The connection or error of an accept record, taken out of it as
+    /// [`take_accepted`](Record::take_accepted) does.
+    pub(crate) fn take_accept_result(&mut self) -> Option<Result<OwnedFd, Errno>> {
+        match &mut self.data {
+            EventData::Accept { conn, .. } => Some(core::mem::replace(conn, Err(TAKEN))),
+            _ => None,
+        }
+    }
 }
 
-/// Wait for pending polled events and take up to `max` of them: at most
+/// Wait for pending polled events and take up to `max` of them (the
+/// records own what they carry: see [`EventData::Accept`]): at most
 /// 1024 a call (`AEM_WAIT_MAX_RECORDS`), a larger `max` takes 1024; 0 is
 /// `EINVAL`.  `None` waits for ever; an elapsed timeout gives an empty
 /// vector.
@@ -499,7 +768,12 @@ pub fn wait(max: usize, timeout: Option<Duration>) -> Result<Vec<Record>, Error>
     let n = unsafe { aem_syscalls::aem_wait(raw.as_mut_ptr(), max, ts_ptr, 0) }?;
     let raw = &raw[..n as usize];
     end_oneshots(raw);
-    Ok(raw.iter().map(Record::from).collect())
+    Ok(raw
+        .iter()
+        // SAFETY: the kernel installed the descriptor of each accept
+        // record among these for this call alone; nothing else owns it.
+        .map(|r| unsafe { Record::from_raw(r) })
+        .collect())
 }
 
 /// A new descriptor for the process's AEM context, readable while polled
@@ -508,4 +782,144 @@ pub fn context_fd() -> Result<OwnedFd, Error> {
     let fd = aem_syscalls::aem_ctl(0, uapi::AEM_CTL_CONTEXT_FD, libc::O_CLOEXEC as u64)?;
     // SAFETY: the kernel just returned this new descriptor; we own it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn options_builders_set_each_field() {
+        assert_eq!(Options::new(), Options::default());
+        let o = Options::new()
+            .priority(42)
+            .oneshot(true)
+            .level(true)
+            .dispatch(true)
+            .disabled(true)
+            .onstack(true)
+            .noboost(true)
+            .cookie(7);
+        let attr = attr_base(o);
+        assert_eq!((attr.priority, attr.cookie), (42, 7));
+        let all = uapi::AEM_EV_ONESHOT
+            | uapi::AEM_EV_LEVEL
+            | uapi::AEM_EV_DISPATCH
+            | uapi::AEM_EV_DISABLED
+            | uapi::AEM_EV_ONSTACK
+            | uapi::AEM_EV_NOBOOST;
+        assert_eq!(attr.flags, all);
+        assert_eq!(
+            attr_base(o.oneshot(false)).flags,
+            all & !uapi::AEM_EV_ONESHOT
+        );
+        assert_eq!(attr_base(Options::new()).flags, 0);
+    }
+
+    #[test]
+    fn timer_shorthands_are_monotonic_timers() {
+        let ms = Duration::from_millis(5);
+        // SAFETY: reading the union member attr_for just wrote.
+        let timer = |s: Source<'_>| unsafe { attr_for(s, Options::new()).__bindgen_anon_1.timer };
+        let t = timer(Source::periodic(ms));
+        assert_eq!(t.clockid, libc::CLOCK_MONOTONIC as u32);
+        assert_eq!(
+            (t.flags, t.value_ns, t.interval_ns),
+            (0, 5_000_000, 5_000_000)
+        );
+        let t = timer(Source::after(ms));
+        assert_eq!((t.value_ns, t.interval_ns), (5_000_000, 0));
+        let t = timer(Source::timer(Clock::Boottime, Expiry::At(ms), None));
+        assert_eq!(t.clockid, libc::CLOCK_BOOTTIME as u32);
+        assert_eq!(t.flags, uapi::AEM_TIMER_ABSTIME);
+    }
+
+    #[test]
+    fn fd_events_keep_unknown_bits() {
+        let raw = libc::EPOLLIN as u32 | 1 << 30;
+        let ev = FdEvents::from_bits_retain(raw);
+        assert!(ev.contains(FdEvents::IN));
+        assert_eq!(ev.bits(), raw);
+        assert_eq!(FdEvents::default(), FdEvents::empty());
+    }
+
+    fn accept_record(d0: u64) -> uapi::aem_record {
+        uapi::aem_record {
+            id: 1,
+            source: SourceKind::Accept.raw(),
+            cookie: 0,
+            count: 1,
+            data: [d0, 3],
+        }
+    }
+
+    /// A pipe whose write end is handed to `f`; whether its read end then
+    /// sees end of file (every write end closed).  Blocks while a write end
+    /// is open: a leak hangs the test rather than passing it.
+    fn write_end_closed_by(f: impl FnOnce(OwnedFd)) -> bool {
+        let mut fds = [0; 2];
+        // SAFETY: room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: pipe2 returned two new descriptors we own.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        f(w);
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        n == 0
+    }
+
+    #[test]
+    fn an_accept_record_owns_and_closes_its_descriptor() {
+        assert!(write_end_closed_by(|w| {
+            let raw = accept_record(w.into_raw_fd() as u64);
+            // SAFETY: the descriptor is ours, handed over to the record.
+            let rec = unsafe { Record::from_raw(&raw) };
+            assert!(matches!(
+                rec.data,
+                EventData::Accept {
+                    listener: 3,
+                    conn: Ok(_)
+                }
+            ));
+            drop(rec);
+        }));
+        // Taken out, it is the taker's: the record no longer closes it.
+        assert!(write_end_closed_by(|w| {
+            let fd = w.into_raw_fd();
+            // SAFETY: as above.
+            let mut rec = unsafe { Record::from_raw(&accept_record(fd as u64)) };
+            let conn = rec.take_accepted().expect("a connection");
+            assert_eq!(conn.as_raw_fd(), fd);
+            assert!(rec.take_accepted().is_none());
+            assert!(matches!(
+                rec.data,
+                EventData::Accept {
+                    conn: Err(TAKEN),
+                    ..
+                }
+            ));
+            drop(rec);
+            // SAFETY: F_GETFD on the descriptor `conn` owns.
+            assert_ne!(unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_GETFD) }, -1);
+            drop(conn);
+        }));
+    }
+
+    #[test]
+    fn accept_errors_and_impossible_descriptors_decode_as_errors() {
+        // SAFETY: no descriptor is carried.
+        let rec = unsafe { Record::from_raw(&accept_record(-(libc::EMFILE as i64) as u64)) };
+        assert!(rec.into_accepted().is_none());
+        // SAFETY: as above: not a descriptor number.
+        let rec = unsafe { Record::from_raw(&accept_record(1 << 40)) };
+        assert!(matches!(
+            rec.data,
+            EventData::Accept {
+                conn: Err(Errno(libc::EBADF)),
+                ..
+            }
+        ));
+    }
 }

@@ -147,7 +147,9 @@ impl fmt::Debug for SourceSet {
 }
 
 /// What the running kernel implements, from `aem_query(2)`.
+/// `#[non_exhaustive]`: made by [`features`] only, and grows with the ABI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Features {
     /// The kernel's `AEM_ABI_VERSION`.
     pub abi_version: u32,

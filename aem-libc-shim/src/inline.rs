@@ -51,7 +51,7 @@ impl Action {
 /// What a registration's cookie points at: its closure, and whether the
 /// kernel has ended the event.
 struct Handler {
-    closure: Box<dyn FnMut(&Record) -> Action + Send>,
+    closure: Box<dyn FnMut(&mut Record) -> Action + Send>,
     /// A one-shot event: the kernel unregisters it as it delivers it.
     oneshot: bool,
     /// Set by the entry when the kernel unregistered the event (a one-shot
@@ -118,8 +118,11 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
     // SAFETY: errno is this thread's; reading it has no preconditions.
     let saved_errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a pointer to the record it wrote into the
-    // handler's frame, valid for the handler's duration.
-    let record = Record::from(unsafe { &*rec });
+    // handler's frame, valid for the handler's duration; an accept
+    // record's descriptor was installed for this delivery alone, and the
+    // kernel's copy of the record is never decoded again, so `record`
+    // owns it (and closes it below unless the handler takes it).
+    let mut record = unsafe { Record::from_raw(&*rec) };
     let raw = record.cookie as *mut Handler;
     RUNNING.set(raw);
     // SAFETY: the cookie is the `Box<Handler>` leaked by `register_inline`,
@@ -129,22 +132,23 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
     // registering thread.
     let handler = unsafe { &mut *raw };
     let depth = crate::critical_depth();
-    let action =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (handler.closure)(&record)))
-            .unwrap_or_else(|payload| {
-                // Straight to fd 2: std's stderr may be captured (tests) or in
-                // use by the interrupted code.
-                let why = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(no message)");
-                crate::eprintln!(
-                    "aem: the inline handler of event {} panicked: {why}; aborting",
-                    record.id
-                );
-                std::process::abort()
-            });
+    let action = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (handler.closure)(&mut record)
+    }))
+    .unwrap_or_else(|payload| {
+        // Straight to fd 2: std's stderr may be captured (tests) or in
+        // use by the interrupted code.
+        let why = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        crate::eprintln!(
+            "aem: the inline handler of event {} panicked: {why}; aborting",
+            record.id
+        );
+        std::process::abort()
+    });
     if cfg!(debug_assertions) && crate::critical_depth() != depth {
         // Its thread's events would stay blocked for good: a bug to
         // report where it is, not to debug later.
@@ -165,6 +169,9 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
         // while this handler ran; nothing else holds the box.
         drop(unsafe { Box::from_raw(raw) });
     }
+    // Closes an accepted connection the handler left in the record
+    // (close(2) may set errno: before errno is restored).
+    drop(record);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved_errno };
     action.raw()
@@ -189,20 +196,22 @@ pub struct InlineRegistration {
 /// the calling thread.  [`Options::cookie`] is used by this crate and
 /// ignored.
 ///
+/// The handler borrows its [`Record`] mutably for the length of the call.
+/// What the record owns -- the connection of an [`Source::accept`] event
+/// ([`EventData::Accept`](crate::EventData::Accept)) -- is the handler's
+/// to take ([`Record::take_accepted`]); what it leaves is closed when it
+/// returns, so no connection leaks.  [`crate::on_accept`] hands each
+/// connection over as an `OwnedFd`.
+///
 /// ```no_run
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::time::Duration;
 ///
 /// static TICKS: AtomicU64 = AtomicU64::new(0);
-/// let tick = Duration::from_millis(10);
-/// let timer = aem::Source::Timer {
-///     clock: aem::Clock::Monotonic,
-///     expiry: aem::Expiry::After(tick),
-///     interval: Some(tick),
-/// };
+/// let timer = aem::Source::periodic(Duration::from_millis(10));
 /// // SAFETY: the handler only touches an atomic.
 /// let _reg = unsafe {
-///     aem::register_inline(timer, aem::Options::default(), |_| {
+///     aem::register_inline(timer, aem::Options::new(), |_| {
 ///         TICKS.fetch_add(1, Ordering::Relaxed);
 ///         aem::Action::Rearm
 ///     })
@@ -273,7 +282,7 @@ pub unsafe fn register_inline<F>(
     handler: F,
 ) -> Result<InlineRegistration, Error>
 where
-    F: FnMut(&Record) -> Action + Send + 'static,
+    F: FnMut(&mut Record) -> Action + Send + 'static,
 {
     // SAFETY: our caller keeps this function's contract for `handler`.
     unsafe { register_inline_attr(attr_for(source, options), handler) }
@@ -319,7 +328,7 @@ pub(crate) unsafe fn register_inline_attr<F>(
     handler: F,
 ) -> Result<InlineRegistration, Error>
 where
-    F: FnMut(&Record) -> Action + Send + 'static,
+    F: FnMut(&mut Record) -> Action + Send + 'static,
 {
     if attr.flags & uapi::AEM_EV_ONSTACK != 0 && !has_handler_sized_altstack() {
         return Err(Error::Os(aem_syscalls::Errno(libc::EINVAL)));

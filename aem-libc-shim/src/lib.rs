@@ -23,8 +23,13 @@
 //! # Layout
 //!
 //! - [`features`]: what the running kernel implements ([`Features`]).
+//! - [`Source`] (made with [`Source::fd`], [`Source::periodic`], ...) and
+//!   [`Options`] (made with [`Options::new`] and chainable setters): what
+//!   an event watches and how it is delivered, in every mode below.
 //! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
-//!   taken as records (polled delivery), with RAII registrations.
+//!   taken as records (polled delivery), with RAII registrations.  A
+//!   [`Record`] owns what it carries: an accepted connection not taken out
+//!   of it ([`Record::take_accepted`]) is closed with it.
 //! - [`on_event`], [`dispatch`], [`DispatchRegistration`]: closures for
 //!   polled events, run by [`dispatch`] on the thread that calls it, where
 //!   `std` printing, locks, any allocator and any `log` backend work.

@@ -97,7 +97,7 @@ where
     // SAFETY: a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd();
-    let on_readable = move |_: &Record| {
+    let on_readable = move |_: &mut Record| {
         let mut action = Action::Rearm;
         loop {
             // SAFETY: signalfd_siginfo is plain data.
@@ -119,17 +119,9 @@ where
     // SAFETY: our caller keeps the contract for `handler`; around it the
     // closure only calls read(2), which is async-signal-safe, on a stack
     // buffer.
-    let event = unsafe {
-        register_inline(
-            Source::Fd {
-                fd: fd.as_fd(),
-                events: FdEvents::IN,
-            },
-            options,
-            on_readable,
-        )
-    }
-    .map_err(restore_mask)?;
+    let event =
+        unsafe { register_inline(Source::fd(fd.as_fd(), FdEvents::IN), options, on_readable) }
+            .map_err(restore_mask)?;
     Ok(SignalRegistration {
         _event: event,
         _fd: fd,

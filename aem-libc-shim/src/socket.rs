@@ -14,7 +14,7 @@
 //!     aem::on_accept(
 //!         listener.as_fd(),
 //!         aem::AcceptFlags::default(),
-//!         aem::Options::default(),
+//!         aem::Options::new(),
 //!         |conn| {
 //!             if let Ok(fd) = conn {
 //!                 drop(fd); // serve it, or register an `on_read` for it
@@ -26,7 +26,7 @@
 //! .unwrap();
 //! ```
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use aem_syscalls::uapi;
 
@@ -34,42 +34,42 @@ use crate::event::{attr_base, attr_for, EventData, Options, Record, Source};
 use crate::inline::{register_inline_attr, Action, InlineRegistration};
 use crate::{Errno, Error, SourceKind};
 
-/// Flags for the descriptors of accepted connections.  The default is
-/// close-on-exec and blocking, as `std`, mio and rustix accept: a
-/// descriptor leaks into an exec'd program only when asked to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AcceptFlags {
-    /// `O_NONBLOCK` on each new descriptor.
-    pub nonblocking: bool,
-    /// `FD_CLOEXEC` on each new descriptor.
-    pub cloexec: bool,
+bitflags::bitflags! {
+    /// Flags for the descriptors of accepted connections, a [`bitflags`]
+    /// set.  The default is [`CLOEXEC`](AcceptFlags::CLOEXEC) alone:
+    /// close-on-exec and blocking, as `std`, mio and rustix accept, so that
+    /// a descriptor leaks into an exec'd program only when asked to.  Add
+    /// to the default rather than start from a bare flag:
+    ///
+    /// ```
+    /// use aem::AcceptFlags;
+    ///
+    /// let nonblocking = AcceptFlags::default() | AcceptFlags::NONBLOCK;
+    /// assert!(nonblocking.contains(AcceptFlags::CLOEXEC));
+    /// let inherited = AcceptFlags::empty(); // kept open across exec
+    /// # let _ = inherited;
+    /// ```
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct AcceptFlags: u32 {
+        /// `O_NONBLOCK` on each new descriptor.
+        const NONBLOCK = uapi::AEM_ACCEPT_NONBLOCK;
+        /// `FD_CLOEXEC` on each new descriptor.
+        const CLOEXEC = uapi::AEM_ACCEPT_CLOEXEC;
+    }
 }
 
+/// [`AcceptFlags::CLOEXEC`].
 impl Default for AcceptFlags {
     fn default() -> Self {
-        AcceptFlags {
-            nonblocking: false,
-            cloexec: true,
-        }
+        AcceptFlags::CLOEXEC
     }
 }
 
-impl AcceptFlags {
-    pub(crate) fn raw(self) -> u32 {
-        (if self.nonblocking {
-            uapi::AEM_ACCEPT_NONBLOCK
-        } else {
-            0
-        }) | (if self.cloexec {
-            uapi::AEM_ACCEPT_CLOEXEC
-        } else {
-            0
-        })
-    }
-}
-
-/// A TCP state (`TCP_*` of `<netinet/tcp.h>`).
+/// A TCP state (`TCP_*` of `<netinet/tcp.h>`).  `#[non_exhaustive]`:
+/// states this crate does not name yet arrive as [`TcpState::Other`], and
+/// may get their own variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TcpState {
     /// `TCP_ESTABLISHED`
     Established,
@@ -116,8 +116,10 @@ impl From<u8> for TcpState {
     }
 }
 
-/// One TCP state change of a watched socket.
+/// One TCP state change of a watched socket.  `#[non_exhaustive]`: made
+/// by this crate only, and may grow fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct StateChange {
     /// The state before.
     pub old: TcpState,
@@ -172,23 +174,16 @@ pub unsafe fn on_accept<F>(
 where
     F: FnMut(Result<OwnedFd, Errno>) -> Action + Send + 'static,
 {
-    let attr = attr_for(
-        Source::Accept {
-            fd: listener,
-            flags,
-        },
-        options,
-    );
-    let on_record = move |rec: &Record| match rec.data {
-        EventData::Accept { conn, .. } => handler(conn.map(|fd| {
-            // SAFETY: the kernel installed this descriptor for this
-            // delivery alone; nothing else owns it.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        })),
-        _ => Action::Rearm,
+    let attr = attr_for(Source::accept(listener, flags), options);
+    // The record owns the connection: taken out of it, it is the
+    // handler's to keep or drop.
+    let on_record = move |rec: &mut Record| match rec.take_accept_result() {
+        Some(conn) => handler(conn),
+        None => Action::Rearm,
     };
     // SAFETY: our caller keeps the contract for `handler`; around it the
-    // closure only wraps a descriptor number, which is handler-safe.
+    // closure only moves the descriptor out of the record, which is
+    // handler-safe.
     unsafe { register_inline_attr(attr, on_record) }
 }
 
@@ -262,7 +257,7 @@ where
         len,
         buf: buffer.ptr as u64,
     };
-    let on_record = move |rec: &Record| {
+    let on_record = move |rec: &mut Record| {
         let event = match rec.data {
             EventData::Read { result: Ok(0) } => ReadEvent::Eof,
             EventData::Read { result: Ok(n) } => {
@@ -297,8 +292,8 @@ pub unsafe fn on_socket_state<F>(
 where
     F: FnMut(StateChange) -> Action + Send + 'static,
 {
-    let attr = attr_for(Source::SocketState { fd }, options);
-    let on_record = move |rec: &Record| match rec.data {
+    let attr = attr_for(Source::socket_state(fd), options);
+    let on_record = move |rec: &mut Record| match rec.data {
         EventData::SocketState(change) => handler(change),
         _ => Action::Rearm,
     };
@@ -333,14 +328,12 @@ mod tests {
 
     #[test]
     fn accept_flags_map_to_the_abi() {
-        let f = AcceptFlags {
-            nonblocking: true,
-            cloexec: true,
-        };
+        let f = AcceptFlags::default() | AcceptFlags::NONBLOCK;
         assert_eq!(
-            f.raw(),
+            f.bits(),
             uapi::AEM_ACCEPT_NONBLOCK | uapi::AEM_ACCEPT_CLOEXEC
         );
-        assert_eq!(AcceptFlags::default().raw(), uapi::AEM_ACCEPT_CLOEXEC);
+        assert_eq!(AcceptFlags::default().bits(), uapi::AEM_ACCEPT_CLOEXEC);
+        assert_eq!(AcceptFlags::empty().bits(), 0);
     }
 }

@@ -124,15 +124,8 @@ fn aem_target(priority: u8, noboost: bool) -> Vec<u64> {
         // atomics and read(2)s the eventfd, all async-signal-safe.
         let _reg = unsafe {
             aem::register_inline(
-                Source::Fd {
-                    fd: fd.as_fd(),
-                    events: FdEvents::IN,
-                },
-                Options {
-                    priority,
-                    noboost,
-                    ..Options::default()
-                },
+                Source::fd(fd.as_fd(), FdEvents::IN),
+                Options::new().priority(priority).noboost(noboost),
                 move |_| {
                     p.hit();
                     drain(&drain_fd);

@@ -133,10 +133,7 @@ fn epoll_waiter(efd: &OwnedFd) -> Waiter {
 
 fn aem_waiter(efd: &OwnedFd) -> Waiter {
     let reg = aem::register(
-        aem::Source::Fd {
-            fd: efd.as_fd(),
-            events: aem::FdEvents::IN,
-        },
+        aem::Source::fd(efd.as_fd(), aem::FdEvents::IN),
         aem::Options::default(),
     )
     .expect("aem_register");
@@ -214,10 +211,7 @@ fn inline_handler_on(efd: &OwnedFd) -> aem::InlineRegistration {
     // async-signal-safe) and stores to atomics.
     unsafe {
         aem::register_inline(
-            aem::Source::Fd {
-                fd: efd.as_fd(),
-                events: aem::FdEvents::IN,
-            },
+            aem::Source::fd(efd.as_fd(), aem::FdEvents::IN),
             aem::Options::default(),
             |_| {
                 record_hit();

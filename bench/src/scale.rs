@@ -40,11 +40,7 @@ fn idle_timers(n: usize) -> Vec<aem::Registration> {
     (0..n)
         .map(|_| {
             aem::register(
-                aem::Source::Timer {
-                    clock: aem::Clock::Monotonic,
-                    expiry: aem::Expiry::After(Duration::from_secs(3600)),
-                    interval: None,
-                },
+                aem::Source::after(Duration::from_secs(3600)),
                 aem::Options::default(),
             )
             .expect("idle timer")
@@ -125,10 +121,7 @@ fn epoll_add_all(fds: &[OwnedFd]) -> OwnedFd {
 }
 
 fn watch(fd: &OwnedFd) -> aem::Source<'_> {
-    aem::Source::Fd {
-        fd: fd.as_fd(),
-        events: aem::FdEvents::IN,
-    }
+    aem::Source::fd(fd.as_fd(), aem::FdEvents::IN)
 }
 
 /// PERF-3: kernel memory per registration, against epoll per watched fd.

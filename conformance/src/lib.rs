@@ -371,13 +371,7 @@ pub fn watch_in(
     fd: &impl std::os::fd::AsFd,
     options: aem::Options,
 ) -> Result<aem::Registration, aem::Error> {
-    aem::register(
-        aem::Source::Fd {
-            fd: fd.as_fd(),
-            events: aem::FdEvents::IN,
-        },
-        options,
-    )
+    aem::register(aem::Source::fd(fd.as_fd(), aem::FdEvents::IN), options)
 }
 
 /// Add `n` to an eventfd's counter (a readiness wake-up).

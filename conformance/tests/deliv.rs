@@ -7,16 +7,13 @@ use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aem::{Clock, Expiry, Options, Source};
+use aem::{Options, Source};
 use aem_conformance::{eventfd, eventfd_add, in_child, pipe, proc_row, watch_in};
 
 const SEC: Duration = Duration::from_secs(1);
 
 fn prio(priority: u8) -> Options {
-    Options {
-        priority,
-        ..Default::default()
-    }
+    Options::new().priority(priority)
 }
 
 #[test]
@@ -57,14 +54,7 @@ fn deliv_1_priority_change_moves_a_pending_event() {
 #[test]
 fn deliv_2_ten_thousand_activations_while_disabled_are_counted_exactly() {
     let efd = eventfd();
-    let reg = watch_in(
-        &efd,
-        Options {
-            disabled: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let reg = watch_in(&efd, Options::new().disabled(true)).unwrap();
     for _ in 0..10_000 {
         eventfd_add(&efd, 1);
     }
@@ -90,18 +80,7 @@ fn deliv_2_ten_thousand_activations_while_disabled_are_counted_exactly() {
 #[test]
 fn deliv_2_timer_activations_while_disabled_all_delivered() {
     let interval = Duration::from_micros(100);
-    let reg = aem::register(
-        Source::Timer {
-            clock: Clock::Monotonic,
-            expiry: Expiry::After(interval),
-            interval: Some(interval),
-        },
-        Options {
-            disabled: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let reg = aem::register(Source::periodic(interval), Options::new().disabled(true)).unwrap();
     // Wait until 10,000 expirations have happened (under TCG the timer may
     // run late; its overruns are counted in the expirations).
     std::thread::sleep(Duration::from_millis(1000));
@@ -131,14 +110,7 @@ fn deliv_2_timer_activations_while_disabled_all_delivered() {
 #[test]
 fn deliv_3_oneshot_unregisters_after_delivery() {
     let efd = eventfd();
-    let reg = watch_in(
-        &efd,
-        Options {
-            oneshot: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let reg = watch_in(&efd, Options::new().oneshot(true)).unwrap();
     eventfd_add(&efd, 1);
     assert_eq!(aem::wait(8, Some(SEC)).unwrap().len(), 1);
     assert_eq!(proc_row(reg.id()), None);
@@ -148,14 +120,7 @@ fn deliv_3_oneshot_unregisters_after_delivery() {
 #[test]
 fn deliv_3_dispatch_disables_until_enabled_and_keeps_counting() {
     let efd = eventfd();
-    let reg = watch_in(
-        &efd,
-        Options {
-            dispatch: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let reg = watch_in(&efd, Options::new().dispatch(true)).unwrap();
     eventfd_add(&efd, 1);
     assert_eq!(aem::wait(8, Some(SEC)).unwrap().len(), 1);
     assert_eq!(proc_row(reg.id()).unwrap().state, "disabled");
@@ -176,15 +141,7 @@ fn deliv_3_enabling_a_ready_level_dispatch_event_delivers_it_again() {
     // fd stays ready: enabling it must notice the fd is still ready.
     let efd = eventfd();
     eventfd_add(&efd, 1);
-    let reg = watch_in(
-        &efd,
-        Options {
-            level: true,
-            dispatch: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let reg = watch_in(&efd, Options::new().level(true).dispatch(true)).unwrap();
     let sec = Some(Duration::from_secs(1));
     assert_eq!(aem::wait(4, sec).unwrap().len(), 1);
     assert!(

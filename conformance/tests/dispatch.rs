@@ -14,10 +14,7 @@ use aem::{Action, FdEvents, Options, Source};
 use aem_conformance::{eventfd, eventfd_add, in_child_output, proc_row};
 
 fn readable(fd: &OwnedFd) -> Source<'_> {
-    Source::Fd {
-        fd: fd.as_fd(),
-        events: FdEvents::IN,
-    }
+    Source::fd(fd.as_fd(), FdEvents::IN)
 }
 
 /// Read (and so reset) an eventfd's counter.

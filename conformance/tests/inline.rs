@@ -18,18 +18,11 @@ fn gettid() -> i64 {
 }
 
 fn readable(fd: &std::os::fd::OwnedFd) -> Source<'_> {
-    Source::Fd {
-        fd: fd.as_fd(),
-        events: FdEvents::IN,
-    }
+    Source::fd(fd.as_fd(), FdEvents::IN)
 }
 
 fn after(d: Duration, interval: Option<Duration>) -> Source<'static> {
-    Source::Timer {
-        clock: Clock::Monotonic,
-        expiry: Expiry::After(d),
-        interval,
-    }
+    Source::timer(Clock::Monotonic, Expiry::After(d), interval)
 }
 
 #[test]
@@ -45,7 +38,7 @@ fn exec_1_handler_runs_on_registering_thread_with_record() {
             TID.store(gettid(), SeqCst);
             if let EventData::Fd { fd, ready } = rec.data {
                 FD.store(i64::from(fd), SeqCst);
-                READY.store(u64::from(ready.0), SeqCst);
+                READY.store(u64::from(ready.bits()), SeqCst);
             }
             Action::Rearm
         })
@@ -79,7 +72,7 @@ fn exec_1_registers_and_avx_state_survive_a_clobbering_handler() {
     );
     // SAFETY: only this test and its handler touch the flag.
     unsafe { *std::ptr::addr_of_mut!(aem_exec1_flag) = 0 };
-    let clobber = |_: &aem::Record| {
+    let clobber = |_: &mut aem::Record| {
         // SAFETY: the clobber follows the C ABI; the flag is a plain
         // word the spinning code polls.
         unsafe {
@@ -93,10 +86,7 @@ fn exec_1_registers_and_avx_state_survive_a_clobbering_handler() {
     let _reg = unsafe {
         aem::register_inline(
             after(Duration::from_millis(20), None),
-            Options {
-                oneshot: true,
-                ..Default::default()
-            },
+            Options::new().oneshot(true),
             clobber,
         )
     }
@@ -127,7 +117,7 @@ fn exec_1_registers_survive_a_burst_of_chained_handlers() {
     let due = Duration::new(now.tv_sec as u64, now.tv_nsec as u32) + Duration::from_millis(30);
     let regs: Vec<_> = (0..4)
         .map(|_| {
-            let clobber = |_: &aem::Record| {
+            let clobber = |_: &mut aem::Record| {
                 // SAFETY: as in the test above.
                 unsafe { aem_exec1_clobber() };
                 if RAN.fetch_add(1, SeqCst) == 3 {
@@ -139,15 +129,8 @@ fn exec_1_registers_survive_a_burst_of_chained_handlers() {
             // SAFETY: as in the test above, and an atomic.
             unsafe {
                 aem::register_inline(
-                    Source::Timer {
-                        clock: aem::Clock::Monotonic,
-                        expiry: aem::Expiry::At(due),
-                        interval: None,
-                    },
-                    Options {
-                        oneshot: true,
-                        ..Default::default()
-                    },
+                    Source::timer(aem::Clock::Monotonic, aem::Expiry::At(due), None),
+                    Options::new().oneshot(true),
                     clobber,
                 )
             }
@@ -181,7 +164,7 @@ fn deliv_5_handler_is_not_interrupted_by_another_event() {
         })
     }
     .unwrap();
-    let a = move |_: &aem::Record| {
+    let a = move |_: &mut aem::Record| {
         IN_A.store(true, SeqCst);
         // Activate B from inside A: a system call whose return would
         // deliver B, were A interruptible.
@@ -318,10 +301,7 @@ fn deliv_7_blocking_read_restarts_after_a_handler() {
     let _reg = unsafe {
         aem::register_inline(
             after(Duration::from_millis(30), None),
-            Options {
-                oneshot: true,
-                ..Default::default()
-            },
+            Options::new().oneshot(true),
             |_| {
                 RAN.store(true, SeqCst);
                 Action::Rearm
@@ -415,7 +395,7 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
             sa.sa_sigaction = on_usr1 as *const () as usize;
             assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
         }
-        let raise_usr1 = |_: &aem::Record| {
+        let raise_usr1 = |_: &mut aem::Record| {
             // SAFETY: raise() only sends a signal to this thread; its
             // handler runs on the way back from the call.
             unsafe { libc::raise(libc::SIGUSR1) };
@@ -471,10 +451,7 @@ fn disable_altstack() {
 fn exec_1_onstack_without_a_handler_sized_alternate_stack_is_einval() {
     std::thread::spawn(|| {
         let efd = eventfd();
-        let onstack = Options {
-            onstack: true,
-            ..Default::default()
-        };
+        let onstack = Options::new().onstack(true);
         // A std thread has std's own small alternate stack only.
         // SAFETY: the handler touches nothing.
         let r = unsafe { aem::register_inline(readable(&efd), onstack, |_| Action::Rearm) };
@@ -512,18 +489,11 @@ fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
     let efd = eventfd();
     // SAFETY: the handler only stores to an atomic.
     let reg = unsafe {
-        aem::register_inline(
-            readable(&efd),
-            Options {
-                onstack: true,
-                ..Default::default()
-            },
-            |_| {
-                let local = 0u8;
-                SP.store(std::hint::black_box(&local) as *const u8 as u64, SeqCst);
-                Action::Rearm
-            },
-        )
+        aem::register_inline(readable(&efd), Options::new().onstack(true), |_| {
+            let local = 0u8;
+            SP.store(std::hint::black_box(&local) as *const u8 as u64, SeqCst);
+            Action::Rearm
+        })
     }
     .unwrap();
     eventfd_add(&efd, 1);
@@ -537,13 +507,7 @@ fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
     );
 
     // Without a handler there is no stack to choose: refused.
-    let polled = aem::register(
-        readable(&efd),
-        Options {
-            onstack: true,
-            ..Default::default()
-        },
-    );
+    let polled = aem::register(readable(&efd), Options::new().onstack(true));
     assert_eq!(polled.unwrap_err(), aem::Error::Os(aem::Errno::EINVAL));
 }
 
@@ -551,7 +515,7 @@ fn exec_1_onstack_handler_runs_on_the_alternate_stack() {
 fn deliv_1_inline_events_run_by_priority_then_activation_order() {
     static ORDER: AtomicU64 = AtomicU64::new(0);
     // Each handler appends its tag (one hex digit) to ORDER.
-    fn tagger(tag: u64) -> impl FnMut(&aem::Record) -> Action + Send + 'static {
+    fn tagger(tag: u64) -> impl FnMut(&mut aem::Record) -> Action + Send + 'static {
         move |_| {
             let old = ORDER.load(SeqCst);
             ORDER.store(old << 4 | tag, SeqCst);
@@ -559,10 +523,7 @@ fn deliv_1_inline_events_run_by_priority_then_activation_order() {
         }
     }
     let fds: Vec<_> = (0..4).map(|_| eventfd()).collect();
-    let prio = |priority| Options {
-        priority,
-        ..Default::default()
-    };
+    let prio = |priority| Options::new().priority(priority);
     // SAFETY: a tagger only touches an atomic.
     let _low = unsafe { aem::register_inline(readable(&fds[0]), prio(1), tagger(1)) }.unwrap();
     // SAFETY: as above.
@@ -737,7 +698,7 @@ fn exec_1_inline_handler_aborts_the_rseq_section_it_interrupts() {
 fn exec_1_inline_handler_starts_with_the_direction_flag_clear() {
     static RAN: AtomicU64 = AtomicU64::new(0);
     static DF_SET: AtomicU64 = AtomicU64::new(0);
-    let check_df = |_: &aem::Record| {
+    let check_df = |_: &mut aem::Record| {
         let flags: u64;
         // SAFETY: reads RFLAGS only.
         unsafe { std::arch::asm!("pushfq", "pop {}", out(reg) flags) };

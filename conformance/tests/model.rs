@@ -224,17 +224,12 @@ fn run_program(ops: &[Op]) -> Result<(), TestCaseError> {
                 // atomic.
                 let reg = unsafe {
                     aem::register_inline(
-                        Source::Fd {
-                            fd: efd.as_fd(),
-                            events: FdEvents::IN,
-                        },
-                        Options {
-                            priority: *prio,
-                            oneshot: *oneshot,
-                            dispatch: *dispatch,
-                            disabled: *disabled,
-                            ..Options::default()
-                        },
+                        Source::fd(efd.as_fd(), FdEvents::IN),
+                        Options::new()
+                            .priority(*prio)
+                            .oneshot(*oneshot)
+                            .dispatch(*dispatch)
+                            .disabled(*disabled),
                         move |rec| {
                             l.lock().push((key, rec.count));
                             Verdict::from_raw(vv.load(SeqCst)).action()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aem::{Clock, Expiry, Options, Source};
+use aem::{Options, Source};
 use aem_conformance::{
     eventfd, eventfd_add, proc_aem, proc_row, start_aem_tracing, stop_aem_tracing, watch_in,
 };
@@ -11,26 +11,10 @@ use aem_conformance::{
 #[test]
 fn obs_1_proc_lists_registrations_with_counters() {
     let efd = eventfd();
-    let fd_reg = watch_in(
-        &efd,
-        Options {
-            priority: 42,
-            level: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let fd_reg = watch_in(&efd, Options::new().priority(42).level(true)).unwrap();
     let timer_reg = aem::register(
-        Source::Timer {
-            clock: Clock::Monotonic,
-            expiry: Expiry::After(Duration::from_secs(3600)),
-            interval: None,
-        },
-        Options {
-            oneshot: true,
-            disabled: true,
-            ..Default::default()
-        },
+        Source::after(Duration::from_secs(3600)),
+        Options::new().oneshot(true).disabled(true),
     )
     .unwrap();
 
@@ -130,14 +114,8 @@ fn obs_2_inline_delivery_is_traced_as_inline() {
     // SAFETY: the handler touches nothing.
     let reg = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: std::os::fd::AsFd::as_fd(&efd),
-                events: aem::FdEvents::IN,
-            },
-            Options {
-                oneshot: true,
-                ..Default::default()
-            },
+            Source::fd(std::os::fd::AsFd::as_fd(&efd), aem::FdEvents::IN),
+            Options::new().oneshot(true),
             |_| aem::Action::Rearm,
         )
     }

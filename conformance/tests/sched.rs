@@ -59,14 +59,8 @@ fn recording(efd: &OwnedFd, priority: u8) -> (aem::InlineRegistration, Arc<[Atom
     // inside malloc or with a lock held.
     let reg = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: efd.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority,
-                ..Options::default()
-            },
+            Source::fd(efd.as_fd(), FdEvents::IN),
+            Options::new().priority(priority),
             move |_| {
                 let (policy, nice) = policy_and_nice();
                 s[0].store(stat_priority(), SeqCst);
@@ -220,14 +214,8 @@ fn sched_2_a_long_handler_loses_its_boost_after_the_budget() {
     // eventfd_add below; otherwise it touches atomics and the clock.
     let _reg = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: efd.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority: 80,
-                ..Options::default()
-            },
+            Source::fd(efd.as_fd(), FdEvents::IN),
+            Options::new().priority(80),
             move |_| {
                 f.store(stat_priority(), SeqCst);
                 // Far more CPU than the budget; the boost decays on a tick.
@@ -250,14 +238,8 @@ fn sched_2_a_long_handler_loses_its_boost_after_the_budget() {
     // SAFETY: as for the first registration of this test.
     let _reg2 = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: efd2.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority: 80,
-                ..Options::default()
-            },
+            Source::fd(efd2.as_fd(), FdEvents::IN),
+            Options::new().priority(80),
             move |_| {
                 a.store(stat_priority(), SeqCst);
                 Action::Rearm
@@ -293,15 +275,8 @@ fn sched_3_rt_band_needs_cap_sys_nice_or_rlimit_rtprio() {
             // SAFETY: the handler touches nothing.
             unsafe {
                 aem::register_inline(
-                    Source::Fd {
-                        fd: efd.as_fd(),
-                        events: FdEvents::IN,
-                    },
-                    Options {
-                        priority,
-                        noboost,
-                        ..Options::default()
-                    },
+                    Source::fd(efd.as_fd(), FdEvents::IN),
+                    Options::new().priority(priority).noboost(noboost),
                     |_| Action::Rearm,
                 )
             }
@@ -394,14 +369,8 @@ fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
         // SAFETY: the handler only reads the clock.
         let _reg = unsafe {
             aem::register_inline(
-                Source::Fd {
-                    fd: efd.as_fd(),
-                    events: FdEvents::IN,
-                },
-                Options {
-                    priority: 49,
-                    ..Options::default()
-                },
+                Source::fd(efd.as_fd(), FdEvents::IN),
+                Options::new().priority(49),
                 |_| {
                     let start = Instant::now();
                     while start.elapsed() < Duration::from_micros(500) {
@@ -447,14 +416,8 @@ fn sched_4_higher_priority_handler_runs_first_across_processes() {
             // SAFETY: the handler only touches shared atomic words.
             let _reg = unsafe {
                 aem::register_inline(
-                    Source::Fd {
-                        fd: efd.as_fd(),
-                        events: FdEvents::IN,
-                    },
-                    Options {
-                        priority: prio,
-                        ..Options::default()
-                    },
+                    Source::fd(efd.as_fd(), FdEvents::IN),
+                    Options::new().priority(prio),
                     move |_| {
                         // Take a ticket: the order handlers ran in.
                         words.set(slot + 1, words.fetch_add(0, 1) + 1);
@@ -540,14 +503,8 @@ fn sched_5_shed_events_wait_counted_and_visible_then_run_when_overload_ends() {
     // SAFETY: the handler only touches an atomic.
     let counting = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: low.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority: 5,
-                ..Options::default()
-            },
+            Source::fd(low.as_fd(), FdEvents::IN),
+            Options::new().priority(5),
             move |rec| {
                 lc.fetch_add(rec.count as i64, SeqCst);
                 Action::Rearm
@@ -555,14 +512,7 @@ fn sched_5_shed_events_wait_counted_and_visible_then_run_when_overload_ends() {
         )
     }
     .unwrap();
-    let polled = aem_conformance::watch_in(
-        &polled_fd,
-        Options {
-            priority: 1,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let polled = aem_conformance::watch_in(&polled_fd, Options::new().priority(1)).unwrap();
 
     let overload = Overload::declare(20);
     for _ in 0..3 {

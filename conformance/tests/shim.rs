@@ -19,10 +19,7 @@ use aem_conformance::{
 static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
 
 fn readable(fd: &OwnedFd) -> Source<'_> {
-    Source::Fd {
-        fd: fd.as_fd(),
-        events: FdEvents::IN,
-    }
+    Source::fd(fd.as_fd(), FdEvents::IN)
 }
 
 /// An inline handler on `efd` counting runs and activations.
@@ -188,7 +185,7 @@ fn shim_3_errno_is_the_same_after_a_handler() {
     let efd = eventfd();
     let seen = Arc::new(AtomicU64::new(0));
     let s = seen.clone();
-    let fail_and_note_errno = move |_: &Record| {
+    let fail_and_note_errno = move |_: &mut Record| {
         // A failing call sets errno inside the handler.
         // SAFETY: close(-1) only fails.
         unsafe { libc::close(-1) };
@@ -227,7 +224,7 @@ fn shim_3_mutex_held_by_the_main_flow_defers_its_handlers() {
     // SAFETY: the handler only pushes to SHARED, an aem::sync::Mutex, which
     // may allocate: this binary's global allocator is aem::HandlerSafeAlloc.
     let _reg = unsafe {
-        aem::register_inline(readable(&efd), Options::default(), |rec: &Record| {
+        aem::register_inline(readable(&efd), Options::default(), |rec: &mut Record| {
             SHARED.lock().push(rec.count);
             Action::Rearm
         })
@@ -471,11 +468,7 @@ fn shim_1_wait_for_more_records_than_a_call_takes_is_capped() {
     // try to allocate that many (a capacity-overflow panic).
     let regs: Vec<aem::Registration> = (0..1100)
         .map(|_| {
-            let timer = Source::Timer {
-                clock: aem::Clock::Monotonic,
-                expiry: aem::Expiry::After(Duration::from_millis(1)),
-                interval: None,
-            };
+            let timer = Source::after(Duration::from_millis(1));
             aem::register(timer, Options::default()).unwrap()
         })
         .collect();
@@ -507,10 +500,7 @@ fn shim_1_failed_on_signals_leaves_the_signal_mask_as_it_was() {
         assert!(!blocked_in_this_thread(libc::SIGUSR2));
         // Priority 100 is refused by the kernel, after the signals were
         // blocked for the signalfd.
-        let bad = Options {
-            priority: 100,
-            ..Options::default()
-        };
+        let bad = Options::new().priority(100);
         // SAFETY: the handler touches nothing.
         let r = unsafe { aem::on_signals(&[aem::Signal::USR2], bad, |_| Action::Rearm) };
         assert_eq!(r.unwrap_err(), aem::Error::Os(aem::Errno(libc::EINVAL)));
@@ -578,11 +568,7 @@ fn shim_3_first_section_beside_another_area_keeps_errno() {
 }
 
 fn hour_timer() -> Source<'static> {
-    Source::Timer {
-        clock: aem::Clock::Monotonic,
-        expiry: aem::Expiry::After(Duration::from_secs(3600)),
-        interval: None,
-    }
+    Source::after(Duration::from_secs(3600))
 }
 
 #[test]
@@ -625,21 +611,14 @@ fn shim_1_handle_inherited_over_fork_leaves_the_childs_event_alone() {
 
 /// A one-shot timer that fires at once.
 fn soon() -> Source<'static> {
-    Source::Timer {
-        clock: aem::Clock::Monotonic,
-        expiry: aem::Expiry::After(Duration::from_micros(100)),
-        interval: None,
-    }
+    Source::after(Duration::from_micros(100))
 }
 
 #[test]
 fn shim_1_handles_of_events_the_kernel_ended_make_no_unregister_call() {
     use aem_conformance::{trap_syscall_op, TRAPPED};
     use aem_syscalls::uapi;
-    let oneshot = Options {
-        oneshot: true,
-        ..Options::default()
-    };
+    let oneshot = Options::new().oneshot(true);
     let code = in_child(|| {
         let fired = Arc::new(AtomicU64::new(0));
         let f = fired.clone();
@@ -835,11 +814,7 @@ fn shim_1_a_closure_is_dropped_without_handlers_interrupting_its_destructors() {
         }
     }
     let tick = Duration::from_millis(1);
-    let timer = Source::Timer {
-        clock: aem::Clock::Monotonic,
-        expiry: aem::Expiry::After(tick),
-        interval: Some(tick),
-    };
+    let timer = Source::periodic(tick);
     // SAFETY: the handler only touches an atomic.
     let ticker = unsafe {
         aem::register_inline(timer, Options::default(), |_| {

@@ -61,10 +61,7 @@ unsafe fn run(
         let records = Arc::new(AtomicU64::new(0));
         let (a, r) = (activations.clone(), records.clone());
         let mut handle = handle;
-        let source = Source::Fd {
-            fd: efd.as_fd(),
-            events: FdEvents::IN,
-        };
+        let source = Source::fd(efd.as_fd(), FdEvents::IN);
         // SAFETY: the handler touches atomics and runs `handle`, for which
         // our caller vouches.
         let registration = unsafe {

@@ -59,10 +59,7 @@ struct Outcome {
 }
 
 fn readable(fd: &OwnedFd) -> Source<'_> {
-    Source::Fd {
-        fd: fd.as_fd(),
-        events: FdEvents::IN,
-    }
+    Source::fd(fd.as_fd(), FdEvents::IN)
 }
 
 /// In a child process, with standard output captured and a 60 s

@@ -120,28 +120,24 @@ fn errno_of(r: Result<u32, aem_syscalls::Error>) -> i32 {
 fn src_2_accept_passes_new_fd_and_listening_fd() {
     let (l, addr) = listener();
     let reg = aem::register(
-        Source::Accept {
-            fd: l.as_fd(),
-            flags: AcceptFlags {
-                nonblocking: true,
-                cloexec: true,
-            },
-        },
+        Source::accept(l.as_fd(), AcceptFlags::NONBLOCK | AcceptFlags::CLOEXEC),
         Options::default(),
     )
     .unwrap();
     assert!(aem::wait(8, Some(Duration::ZERO)).unwrap().is_empty());
     let client = TcpStream::connect(addr).unwrap();
-    let recs = wait_records(1);
+    let mut recs = wait_records(1);
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!((recs[0].id, recs[0].count), (reg.id(), 1));
-    let EventData::Accept { listener, conn } = recs[0].data else {
+    let EventData::Accept { listener, .. } = recs[0].data else {
         panic!("{recs:?}")
     };
     assert_eq!(listener, l.as_raw_fd());
-    let fd = conn.expect("accepted");
-    // SAFETY: the record hands us the new descriptor.
-    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The record owns the new descriptor; take it.
+    let conn = recs[0]
+        .take_accepted()
+        .unwrap_or_else(|| panic!("accepted: {recs:?}"));
+    let fd = conn.as_raw_fd();
     assert_eq!(peer_addr(fd), client.local_addr().unwrap());
     let (fl, fdfl) = fd_flags(fd);
     assert_ne!(fl & libc::O_NONBLOCK, 0, "O_NONBLOCK asked for");
@@ -149,27 +145,18 @@ fn src_2_accept_passes_new_fd_and_listening_fd() {
     drop(conn);
     // Without the flags, neither is set; by default, close-on-exec only.
     drop(reg);
-    let none = AcceptFlags {
-        nonblocking: false,
-        cloexec: false,
-    };
+    let none = AcceptFlags::empty();
     for (flags, want_cloexec) in [(none, 0), (AcceptFlags::default(), libc::FD_CLOEXEC)] {
-        let reg = aem::register(
-            Source::Accept {
-                fd: l.as_fd(),
-                flags,
-            },
-            Options::default(),
-        )
-        .unwrap();
+        let reg = aem::register(Source::accept(l.as_fd(), flags), Options::default()).unwrap();
         let _client2 = TcpStream::connect(addr).unwrap();
         let recs = wait_records(1);
-        let EventData::Accept { conn: Ok(fd), .. } = recs[0].data else {
+        let EventData::Accept {
+            conn: Ok(ref conn), ..
+        } = recs[0].data
+        else {
             panic!("{recs:?}")
         };
-        // SAFETY: as above.
-        let _conn = unsafe { OwnedFd::from_raw_fd(fd) };
-        let (fl, fdfl) = fd_flags(fd);
+        let (fl, fdfl) = fd_flags(conn.as_raw_fd());
         assert_eq!(
             (fl & libc::O_NONBLOCK, fdfl & libc::FD_CLOEXEC),
             (0, want_cloexec),
@@ -245,10 +232,7 @@ fn src_2_connection_storm_of_1000_accepted_inline_none_lost() {
 fn src_2_emfile_is_reported_and_the_connection_kept() {
     let (l, addr) = listener();
     let reg = aem::register(
-        Source::Accept {
-            fd: l.as_fd(),
-            flags: AcceptFlags::default(),
-        },
+        Source::accept(l.as_fd(), AcceptFlags::default()),
         Options::default(),
     )
     .unwrap();
@@ -299,16 +283,166 @@ fn src_2_emfile_is_reported_and_the_connection_kept() {
     // Enabled again with descriptors to spare: the same connection.
     reg.enable().unwrap();
     let recs = wait_records(1);
-    let EventData::Accept { conn: Ok(fd), .. } = recs[0].data else {
-        panic!("{recs:?}")
-    };
-    // SAFETY: the record hands us the new descriptor.
-    let mut conn = unsafe { TcpStream::from_raw_fd(fd) };
+    let rec = recs.into_iter().next().expect("a record");
+    let mut conn = TcpStream::from(rec.into_accepted().expect("accepted"));
     assert_eq!(conn.peer_addr().unwrap(), client.local_addr().unwrap());
     (&client).write_all(b"kept").unwrap();
     let mut buf = [0u8; 4];
     conn.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"kept");
+}
+
+/// Whether the peer of `client` closed the connection: end of file or a
+/// reset within two seconds (a connection still open times out).
+fn peer_closed(client: &mut TcpStream) -> Result<(), String> {
+    client.set_read_timeout(Some(2 * SEC)).unwrap();
+    let mut byte = [0u8; 1];
+    match client.read(&mut byte) {
+        Ok(0) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        other => Err(format!("the connection is still open: {other:?}")),
+    }
+}
+
+/// Whether `client`'s connection is still open: nothing to read, no end
+/// of file, for 100 ms.
+fn still_open(client: &mut TcpStream) -> bool {
+    client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    matches!(client.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[test]
+fn src_2_a_polled_accept_record_dropped_unhandled_closes_its_connection() {
+    let (l, addr) = listener();
+    let reg = aem::register(
+        Source::accept(l.as_fd(), AcceptFlags::default()),
+        Options::default(),
+    )
+    .unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    let recs = wait_records(1);
+    assert!(
+        matches!(
+            recs[..],
+            [Record {
+                data: EventData::Accept { conn: Ok(_), .. },
+                ..
+            }]
+        ),
+        "{recs:?}"
+    );
+    // The record owns the new descriptor: dropped, it closes it (before,
+    // the descriptor leaked, open for ever).
+    drop(recs);
+    peer_closed(&mut client).unwrap();
+    // Taken out of the record, it stays open with its taker.
+    let mut client = TcpStream::connect(addr).unwrap();
+    let mut recs = wait_records(1);
+    let mut conn = TcpStream::from(recs[0].take_accepted().expect("a connection"));
+    drop(recs);
+    assert!(still_open(&mut client));
+    conn.write_all(b"kept").unwrap();
+    let mut buf = [0u8; 4];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"kept");
+    drop(conn);
+    peer_closed(&mut client).unwrap();
+    drop(reg);
+}
+
+#[test]
+fn src_2_an_accepted_connection_outlives_its_handler_only_if_taken() {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    static TAKE: AtomicBool = AtomicBool::new(false);
+    static KEPT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+    let (l, addr) = listener();
+    // SAFETY: the handler touches atomics and moves a descriptor out of
+    // its record (or lets the record close it: close(2)).
+    let reg = unsafe {
+        aem::register_inline(
+            Source::accept(l.as_fd(), AcceptFlags::default()),
+            Options::default(),
+            |rec| {
+                if TAKE.load(SeqCst) {
+                    if let Some(fd) = rec.take_accepted() {
+                        KEPT.store(std::os::fd::IntoRawFd::into_raw_fd(fd), SeqCst);
+                    }
+                }
+                RUNS.fetch_add(1, SeqCst);
+                Action::Rearm
+            },
+        )
+    }
+    .unwrap();
+    // Left in the record: closed when the handler returns.
+    let mut client = TcpStream::connect(addr).unwrap();
+    assert!(wait_until(2 * SEC, || RUNS.load(SeqCst) == 1));
+    peer_closed(&mut client).unwrap();
+    // Taken: the handler's to keep.
+    TAKE.store(true, SeqCst);
+    let mut client = TcpStream::connect(addr).unwrap();
+    assert!(wait_until(2 * SEC, || RUNS.load(SeqCst) == 2));
+    drop(reg);
+    let fd = KEPT.swap(-1, SeqCst);
+    assert!(fd >= 0, "the handler took no connection");
+    // SAFETY: the handler handed the descriptor over through KEPT.
+    let mut conn = unsafe { TcpStream::from_raw_fd(fd) };
+    assert!(still_open(&mut client));
+    conn.write_all(b"kept").unwrap();
+    let mut buf = [0u8; 4];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"kept");
+
+    // Dispatched closures alike.
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let k = kept.clone();
+    let take = Arc::new(AtomicBool::new(false));
+    let t = take.clone();
+    let reg = aem::on_event(
+        Source::accept(l.as_fd(), AcceptFlags::default()),
+        Options::default(),
+        move |rec| {
+            if t.load(SeqCst) {
+                k.lock().unwrap().extend(rec.take_accepted());
+            }
+            Action::Rearm
+        },
+    )
+    .unwrap();
+    let dispatch_one = || {
+        let end = Instant::now() + 2 * SEC;
+        while Instant::now() < end {
+            let others = aem::dispatch(Some(Duration::from_millis(100))).unwrap();
+            assert!(others.is_empty(), "{others:?}");
+            if proc_row(reg.id()).unwrap().deliveries > 0 {
+                return;
+            }
+        }
+        panic!("not dispatched");
+    };
+    let mut client = TcpStream::connect(addr).unwrap();
+    dispatch_one();
+    peer_closed(&mut client).unwrap();
+    take.store(true, SeqCst);
+    let mut client = TcpStream::connect(addr).unwrap();
+    let before = proc_row(reg.id()).unwrap().deliveries;
+    let end = Instant::now() + 2 * SEC;
+    while kept.lock().unwrap().is_empty() && Instant::now() < end {
+        aem::dispatch(Some(Duration::from_millis(100))).unwrap();
+    }
+    assert!(proc_row(reg.id()).unwrap().deliveries > before);
+    let conn = kept
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the closure took no connection");
+    assert!(still_open(&mut client));
+    drop(conn);
+    peer_closed(&mut client).unwrap();
+    drop(reg);
 }
 
 #[test]
@@ -439,8 +573,8 @@ fn src_3_peer_reset_is_reported_as_econnreset() {
     reset(client);
     let recs = wait_records(1);
     assert_eq!(
-        recs.first().map(|r| r.data),
-        Some(EventData::Read {
+        recs.first().map(|r| &r.data),
+        Some(&EventData::Read {
             result: Err(Errno(libc::ECONNRESET))
         }),
         "{recs:?}"
@@ -517,7 +651,7 @@ fn changes(recs: &[Record]) -> Vec<(TcpState, TcpState, Option<Errno>)> {
     recs.iter()
         .map(|r| match r.data {
             EventData::SocketState(c) => (c.old, c.new, c.error),
-            other => panic!("{other:?}"),
+            ref other => panic!("{other:?}"),
         })
         .collect()
 }
@@ -557,11 +691,7 @@ fn src_4_tcp_state_changes_arrive_in_order_through_fin_and_close() {
     use TcpState::*;
     let (l, addr) = listener();
     let client = tcp_socket();
-    let reg = aem::register(
-        Source::SocketState { fd: client.as_fd() },
-        Options::default(),
-    )
-    .unwrap();
+    let reg = aem::register(Source::socket_state(client.as_fd()), Options::default()).unwrap();
     connect(&client, addr);
     let (server, _) = l.accept().unwrap();
     let got = changes(&wait_records(2));
@@ -593,11 +723,8 @@ fn deliv_2_socket_state_changes_beyond_the_queue_are_summed_not_lost() {
     let (l, addr) = listener();
     let s = tcp_socket();
     let reg = aem::register(
-        Source::SocketState { fd: s.as_fd() },
-        Options {
-            disabled: true,
-            ..Default::default()
-        },
+        Source::socket_state(s.as_fd()),
+        Options::new().disabled(true),
     )
     .unwrap();
     let unspec = libc::sockaddr {
@@ -685,17 +812,14 @@ fn src_4_peer_fin_is_also_a_readiness_hang_up() {
     let client = TcpStream::connect(addr).unwrap();
     let (server, _) = l.accept().unwrap();
     let reg = aem::register(
-        Source::Fd {
-            fd: client.as_fd(),
-            events: aem::FdEvents::RDHUP,
-        },
+        Source::fd(client.as_fd(), aem::FdEvents::RDHUP),
         Options::default(),
     )
     .unwrap();
     drop(server);
     let recs = wait_records(1);
     assert!(
-        matches!(recs.first().map(|r| r.data), Some(EventData::Fd { ready, .. }) if ready.contains(aem::FdEvents::RDHUP)),
+        matches!(recs.first().map(|r| &r.data), Some(EventData::Fd { ready, .. }) if ready.contains(aem::FdEvents::RDHUP)),
         "{recs:?}"
     );
     drop(reg);

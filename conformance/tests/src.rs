@@ -12,24 +12,13 @@ use aem_conformance::{eventfd, eventfd_add, pipe, proc_row, watch_in, write_fd};
 const SEC: Duration = Duration::from_secs(1);
 
 fn timer(expiry: Expiry, interval: Option<Duration>) -> Source<'static> {
-    Source::Timer {
-        clock: Clock::Monotonic,
-        expiry,
-        interval,
-    }
+    Source::timer(Clock::Monotonic, expiry, interval)
 }
 
 #[test]
 fn src_1_pipe_readable_delivers_fd_and_mask() {
     let (r, w) = pipe();
-    let reg = watch_in(
-        &r,
-        Options {
-            cookie: 0xfeed,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let reg = watch_in(&r, Options::new().cookie(0xfeed)).unwrap();
     assert!(
         aem::wait(8, Some(Duration::ZERO)).unwrap().is_empty(),
         "not ready yet"
@@ -44,7 +33,7 @@ fn src_1_pipe_readable_delivers_fd_and_mask() {
             assert_eq!(fd, r.as_raw_fd());
             assert!(ready.contains(FdEvents::IN), "{ready:?}");
         }
-        other => panic!("{other:?}"),
+        ref other => panic!("{other:?}"),
     }
 }
 
@@ -67,7 +56,7 @@ fn src_1_hangup_is_reported_without_asking() {
     assert_eq!(recs[0].id, reg.id());
     match recs[0].data {
         EventData::Fd { ready, .. } => assert!(ready.contains(FdEvents::HUP), "{ready:?}"),
-        other => panic!("{other:?}"),
+        ref other => panic!("{other:?}"),
     }
 }
 
@@ -86,14 +75,7 @@ fn src_1_edge_triggered_coalesces_and_level_repeats() {
         .is_empty());
     drop(edge);
 
-    let level = watch_in(
-        &r,
-        Options {
-            level: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let level = watch_in(&r, Options::new().level(true)).unwrap();
     for _ in 0..3 {
         let recs = aem::wait(8, Some(SEC)).unwrap();
         assert_eq!(recs.iter().map(|r| r.id).collect::<Vec<_>>(), [level.id()]);
@@ -103,11 +85,11 @@ fn src_1_edge_triggered_coalesces_and_level_repeats() {
 #[test]
 fn src_1_rejects_bad_fd_and_unpollable_file() {
     let bad = aem::register(
-        Source::Fd {
+        Source::fd(
             // SAFETY: fd 999 is not open in the test; the kernel must say so.
-            fd: unsafe { std::os::fd::BorrowedFd::borrow_raw(999) },
-            events: FdEvents::IN,
-        },
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(999) },
+            FdEvents::IN,
+        ),
         Options::default(),
     );
     assert_eq!(bad.unwrap_err(), aem::Error::Os(aem::Errno(libc::EBADF)));
@@ -147,10 +129,7 @@ fn src_5_periodic_timer_counts_every_expiration() {
     let interval = Duration::from_millis(2);
     let reg = aem::register(
         timer(Expiry::After(interval), Some(interval)),
-        Options {
-            disabled: true,
-            ..Default::default()
-        },
+        Options::new().disabled(true),
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -193,11 +172,7 @@ fn src_5_absolute_timers_on_realtime_and_boottime() {
         assert_eq!(unsafe { libc::clock_gettime(id, &mut now) }, 0);
         let at = Duration::new(now.tv_sec as u64, now.tv_nsec as u32) + Duration::from_millis(20);
         let reg = aem::register(
-            Source::Timer {
-                clock,
-                expiry: Expiry::At(at),
-                interval: None,
-            },
+            Source::timer(clock, Expiry::At(at), None),
             Options::default(),
         )
         .unwrap();
@@ -223,12 +198,6 @@ fn src_5_rejects_bad_timer_arguments() {
         Options::default(),
     );
     assert_eq!(tiny.map(|r| r.id()), einval);
-    let level = aem::register(
-        timer(Expiry::After(SEC), None),
-        Options {
-            level: true,
-            ..Default::default()
-        },
-    );
+    let level = aem::register(timer(Expiry::After(SEC), None), Options::new().level(true));
     assert_eq!(level.map(|r| r.id()), einval, "timers have no level");
 }

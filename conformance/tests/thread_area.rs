@@ -71,10 +71,7 @@ fn counted(efd: &OwnedFd) -> Counted {
     // SAFETY: the handler only touches atomics.
     let reg = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: efd.as_fd(),
-                events: FdEvents::IN,
-            },
+            Source::fd(efd.as_fd(), FdEvents::IN),
             Options::default(),
             move |rec| {
                 r.fetch_add(1, SeqCst);
@@ -415,10 +412,7 @@ fn deliv_5_thread_created_in_a_handler_starts_outside_it() {
         // thread holds no lock and is not inside the allocator.
         let _reg = unsafe {
             aem::register_inline(
-                Source::Fd {
-                    fd: efd.as_fd(),
-                    events: FdEvents::IN,
-                },
+                Source::fd(efd.as_fd(), FdEvents::IN),
                 Options::default(),
                 move |_| {
                     // The new thread's own events must run on it, although

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use aem::{Action, Clock, EventData, Expiry, FdEvents, Options, Source};
+use aem::{Action, EventData, FdEvents, Options, Source};
 
 /// Progress of the main flow, read by the handlers.
 static ITERATIONS: AtomicU64 = AtomicU64::new(0);
@@ -42,7 +42,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
 
     let tick = Duration::from_millis(100);
-    let on_tick = move |rec: &aem::Record| {
+    let on_tick = move |rec: &mut aem::Record| {
         let n = TICKS.fetch_add(1, Relaxed) + 1;
         let EventData::Timer { expirations } = rec.data else {
             return Action::Rearm;
@@ -63,21 +63,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: the handler touches atomics only, reads the clock, prints
     // with aem::println! and calls write(2), which is async-signal-safe.
     let timer = unsafe {
-        aem::register_inline(
-            Source::Timer {
-                clock: Clock::Monotonic,
-                expiry: Expiry::After(tick),
-                interval: Some(tick),
-            },
-            Options {
-                priority: 10,
-                ..Default::default()
-            },
-            on_tick,
-        )
+        aem::register_inline(Source::periodic(tick), Options::new().priority(10), on_tick)
     }?;
     let reader_fd = reader.as_raw_fd();
-    let on_pipe = move |_: &aem::Record| {
+    let on_pipe = move |_: &mut aem::Record| {
         let mut buf = [0u8; 16];
         // SAFETY: reads into a live buffer of its length.
         let n = unsafe { libc::read(reader_fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -95,14 +84,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // aem::HandlerSafeAlloc.
     let pipe = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: reader.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority: 50,
-                ..Default::default()
-            },
+            Source::fd(reader.as_fd(), FdEvents::IN),
+            Options::new().priority(50),
             on_pipe,
         )
     }?;

@@ -206,14 +206,8 @@ fn on_bytes(fd: RawFd, ev: ReadEvent<'_>) -> Action {
                 // handler, in the same handler-safe ways (see `on_accept`).
                 let writer = unsafe {
                     aem::register_inline(
-                        Source::Fd {
-                            fd: conn.stream.as_fd(),
-                            events: FdEvents::OUT,
-                        },
-                        Options {
-                            level: true,
-                            ..Options::default()
-                        },
+                        Source::fd(conn.stream.as_fd(), FdEvents::OUT),
+                        Options::new().level(true),
                         move |_| on_writable(fd),
                     )
                 };
@@ -313,10 +307,7 @@ fn run(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
     let _shutdown = unsafe {
         aem::on_signals(
             &[aem::Signal::TERM, aem::Signal::INT],
-            Options {
-                priority: 99,
-                ..Options::default()
-            },
+            Options::new().priority(99),
             |_| on_shutdown(),
         )
     }?;
@@ -329,10 +320,7 @@ fn run(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
     let accepting = unsafe {
         aem::on_accept(
             listener.as_fd(),
-            AcceptFlags {
-                nonblocking: true,
-                cloexec: true,
-            },
+            AcceptFlags::NONBLOCK | AcceptFlags::CLOEXEC,
             Options::default(),
             on_accept,
         )

@@ -21,7 +21,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aem::{Action, Clock, EventData, Expiry, Options, Source};
+use aem::{Action, EventData, Options, Source};
 
 #[global_allocator]
 static ALLOC: aem::HandlerSafeAlloc<aem::SeparateHeap> = aem::HandlerSafeAlloc::separate();
@@ -78,11 +78,7 @@ fn run(args: &Args) -> Result<(), aem::Error> {
     // prints with aem::println!.
     let timer = unsafe {
         aem::register_inline(
-            Source::Timer {
-                clock: Clock::Monotonic,
-                expiry: Expiry::After(args.period),
-                interval: Some(args.period),
-            },
+            Source::periodic(args.period),
             Options::default(),
             move |record| {
                 let EventData::Timer { expirations } = record.data else {

@@ -174,10 +174,7 @@ fn on_request_bytes(fd: RawFd, ev: ReadEvent<'_>) -> Action {
             // HandlerSafeAlloc.
             let writer = unsafe {
                 aem::register_inline(
-                    Source::Fd {
-                        fd: stream_fd(fd),
-                        events: FdEvents::OUT,
-                    },
+                    Source::fd(stream_fd(fd), FdEvents::OUT),
                     Options::default(),
                     move |_| on_writable(fd),
                 )
@@ -278,10 +275,7 @@ fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _accepting = unsafe {
         aem::on_accept(
             listener.as_fd(),
-            AcceptFlags {
-                nonblocking: true,
-                cloexec: true,
-            },
+            AcceptFlags::NONBLOCK | AcceptFlags::CLOEXEC,
             Options::default(),
             on_accept,
         )
@@ -293,14 +287,8 @@ fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     // their return.
     let _shutdown = unsafe {
         aem::register_inline(
-            Source::Fd {
-                fd: signals.as_fd(),
-                events: FdEvents::IN,
-            },
-            Options {
-                priority: 99,
-                ..Default::default()
-            },
+            Source::fd(signals.as_fd(), FdEvents::IN),
+            Options::new().priority(99),
             |_| std::process::exit(0),
         )
     }?;
