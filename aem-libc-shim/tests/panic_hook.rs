@@ -89,3 +89,16 @@ fn a_panic_inside_this_crates_output_does_not_wait_for_its_own_lock() {
     assert!(err.contains("\ndisplay failed\n"), "{err:?}");
     assert!(err.ends_with("after\n"), "{err:?}");
 }
+
+#[test]
+fn the_chained_hook_leaves_main_flow_panics_to_the_previous_hook() {
+    let (status, err) = child_stderr(|| {
+        std::panic::set_hook(Box::new(|_| aem::eprintln!("previous hook")));
+        aem::panic::install_hook_chained();
+        let r = std::panic::catch_unwind(|| panic!("main flow"));
+        assert!(r.is_err());
+    })
+    .expect("the child hung");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert_eq!(err, "previous hook\n");
+}
