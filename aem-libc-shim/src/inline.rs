@@ -85,6 +85,14 @@ thread_local! {
     static RUNNING: Cell<*mut Handler> = const { Cell::new(ptr::null_mut()) };
     /// Its registration was dropped while it ran: free it when it returns.
     static RETIRED: Cell<bool> = const { Cell::new(false) };
+    /// The id of its event (meaningful while `RUNNING` is not null).
+    static RUNNING_EVENT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The id of the event whose inline handler runs on this thread, if one
+/// does.
+pub(crate) fn running_event() -> Option<u32> {
+    in_handler().then(|| RUNNING_EVENT.get())
 }
 
 /// Whether the calling code runs inside an inline handler (on this
@@ -124,6 +132,7 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
     // owns it (and closes it below unless the handler takes it).
     let mut record = unsafe { Record::from_raw(&*rec) };
     let raw = record.cookie as *mut Handler;
+    RUNNING_EVENT.set(record.id);
     RUNNING.set(raw);
     // SAFETY: the cookie is the `Box<Handler>` leaked by `register_inline`,
     // freed only after the event is unregistered, and not while it runs
@@ -137,12 +146,11 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
     }))
     .unwrap_or_else(|payload| {
         // Straight to fd 2: std's stderr may be captured (tests) or in
-        // use by the interrupted code.
-        let why = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+        // use by the interrupted code.  Nothing here allocates (the
+        // payload is only looked at), and the abort skips its drop.
+        // (With aem::panic's hook installed, the hook reported the
+        // panic and aborted already, before any unwinding.)
+        let why = crate::panic::payload_str(&*payload);
         crate::eprintln!(
             "aem: the inline handler of event {} panicked: {why}; aborting",
             record.id
@@ -239,7 +247,8 @@ pub struct InlineRegistration {
 /// touches state that is safe to use from an interrupting handler:
 ///
 /// - atomics;
-/// - data behind an [`aem::sync::Mutex`](crate::sync::Mutex), or data the
+/// - data behind an [`aem::sync::Mutex`](crate::sync::Mutex) or
+///   [`aem::sync::RwLock`](crate::sync::RwLock), or data the
 ///   main flow touches only inside an
 ///   [`aem::critical_section`](crate::critical_section) or
 ///   [`aem::critical`](crate::critical) (handlers of the thread never run
@@ -248,7 +257,9 @@ pub struct InlineRegistration {
 ///   [`aem::eprintln!`](crate::eprintln!), [`aem::print!`](crate::print!),
 ///   [`aem::eprint!`](crate::eprint!) and [`aem::io`](crate::io), and
 ///   logging only through `log`'s macros with this crate's backend
-///   ([`aem::log`](crate::log)) installed;
+///   ([`aem::log`](crate::log)) installed, or through `tracing` events
+///   with this crate's writer as `aem::tracing` (feature `tracing`)
+///   describes;
 /// - the heap (`Box`, `Vec`, `String`, `format!`, ...) only if the
 ///   program's global allocator is
 ///   [`aem::HandlerSafeAlloc`](crate::HandlerSafeAlloc), and the one over

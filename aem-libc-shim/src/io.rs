@@ -22,6 +22,7 @@
 //! them; use [`write_fmt`] to see them.
 
 use core::fmt::{self, Write as _};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
@@ -94,7 +95,19 @@ pub fn write_fmt(fd: BorrowedFd<'_>, args: fmt::Arguments<'_>) -> io::Result<()>
 /// [`write_fmt`] to a descriptor number: the macros' standard output and
 /// error, which may be closed (then `EBADF`, ignored).
 fn write_raw(fd: RawFd, args: fmt::Arguments<'_>) -> io::Result<()> {
-    let _lock = OUTPUT.lock();
+    if output_held_here() {
+        // Output from inside output (a `Display` implementation that
+        // prints, or a panic hook's message): waiting for the lock would
+        // wait for ever; it goes out inside the line being written.
+        return write_unlocked(fd, args);
+    }
+    let _lock = lock_output();
+    write_unlocked(fd, args)
+}
+
+/// [`write_raw`] without the lock: for a caller that holds it, or one
+/// whose own thread does ([`output_held_here`]).
+pub(crate) fn write_unlocked(fd: RawFd, args: fmt::Arguments<'_>) -> io::Result<()> {
     let mut w = FdWriter {
         fd,
         buf: [0; CHUNK],
@@ -106,6 +119,69 @@ fn write_raw(fd: RawFd, args: fmt::Arguments<'_>) -> io::Result<()> {
     }
     w.flush();
     w.error.map_or(Ok(()), Err)
+}
+
+/// The thread that holds [`OUTPUT`] (the address of its [`ME`]), or 0:
+/// a panic hook must not wait for a lock its own thread holds (a
+/// `Display` implementation that panics inside `aem::println!`).
+static OUTPUT_OWNER: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Its address names the thread (one fs-relative access, no system
+    /// call).
+    static ME: u8 = const { 0 };
+}
+
+fn me() -> usize {
+    ME.with(|m| m as *const u8 as usize)
+}
+
+/// [`OUTPUT`], held: the lock and the critical section of its
+/// [`Mutex`], with the owner noted.
+pub(crate) struct OutputLock {
+    _guard: crate::sync::MutexGuard<'static, ()>,
+}
+
+/// Take the output lock that the macros, the log backend and the panic
+/// hook share.
+pub(crate) fn lock_output() -> OutputLock {
+    let guard = OUTPUT.lock();
+    OUTPUT_OWNER.store(me(), Ordering::Relaxed);
+    OutputLock { _guard: guard }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Before the guard (a field) releases the lock.
+        OUTPUT_OWNER.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Whether the calling thread holds the output lock.  (Only the holder
+/// writes its own address, inside the lock's critical section.)
+pub(crate) fn output_held_here() -> bool {
+    OUTPUT_OWNER.load(Ordering::Relaxed) == me()
+}
+
+/// Write all of `bytes` to `fd` (the caller holds the output lock):
+/// retried on `EINTR` and short writes.
+#[cfg(feature = "tracing")]
+pub(crate) fn write_all_unlocked(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live, initialised byte slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        } else {
+            bytes = &bytes[n as usize..];
+        }
+    }
+    Ok(())
 }
 
 #[doc(hidden)]

@@ -45,7 +45,11 @@
 //!   interrupt, blocked through a word shared with the kernel, with no
 //!   system call.
 //! - Helpers handlers and the main flow can share: [`println!`] and
-//!   friends ([`io`]), [`sync::Mutex`], [`HandlerSafeAlloc`].
+//!   friends ([`io`]), the `lock_api` locks of [`sync`] ([`sync::Mutex`],
+//!   [`sync::RwLock`], their mapped guards and timed attempts),
+//!   [`HandlerSafeAlloc`], a `log` backend ([`mod@log`]), a
+//!   `tracing-subscriber` writer (`aem::tracing`, feature `tracing`), and a
+//!   panic hook ([`panic::install_hook`]).
 //! - [`Error`]: every way an AEM call can fail.
 //!
 //! # Handler safety
@@ -71,14 +75,23 @@
 //!   contract for how debug builds catch the first ones, and
 //!   [`not_handler_safe`]);
 //! - atomics, and data shared with the main flow behind [`sync::Mutex`]
-//!   or touched by the main flow only inside a [`critical_section`];
+//!   or [`sync::RwLock`], or touched by the main flow only inside a
+//!   [`critical_section`];
 //! - output only through this crate's macros ([`io`]), and logging through
-//!   [`log`]'s macros with this crate's backend ([`mod@log`]);
+//!   [`log`]'s macros with this crate's backend ([`mod@log`]), or through
+//!   `tracing` events with this crate's writer, under the conditions that
+//!   `aem::tracing` lists (one global subscriber, no spans in handlers);
 //! - the heap only when the program's global allocator is
 //!   [`HandlerSafeAlloc`] -- [`HandlerSafeAlloc::separate`], unless the
 //!   main flow never calls C code that allocates (`opendir`, so
 //!   `std::fs::read_dir`, `getaddrinfo`, `setenv`, ...; see
 //!   [Which heap](crate::HandlerSafeAlloc#which-heap)).
+//!
+//! A panic in an inline handler aborts the program.  `std`'s default
+//! panic hook is not handler-safe (it takes a `std` lock that the
+//! interrupted code may hold, and allocates for backtraces):
+//! [`panic::install_hook`] installs one that is, which reports the panic
+//! with the handler's event and aborts at once.
 //!
 //! `errno` is saved and restored around every handler.
 
@@ -100,9 +113,12 @@ mod inline;
 pub mod io;
 pub mod log;
 mod owner;
+pub mod panic;
 mod signal;
 mod socket;
 pub mod sync;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 pub use alloc::{HandlerSafeAlloc, SeparateHeap};
 pub use critical::{critical, critical_depth, critical_section, CriticalSection};

@@ -274,6 +274,61 @@ pub fn in_child_stderr(f: impl FnOnce() -> i32) -> (i32, String) {
     in_child_output(2, f)
 }
 
+/// [`in_child_output`] with a watchdog: a child still running after
+/// `limit` (deadlocked, say) is killed with `SIGKILL`, which its status
+/// then shows (see [`killed_by_watchdog`]).
+pub fn in_child_output_within(
+    fd: i32,
+    limit: std::time::Duration,
+    f: impl FnOnce() -> i32,
+) -> (i32, String) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (r, w) = pipe();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::fs::File::from(r).read_to_string(&mut out);
+        out
+    });
+    // SAFETY: as in `in_child_status`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: `fd` becomes the pipe's write end.
+        unsafe { libc::dup2(w.as_raw_fd(), fd) };
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
+        // SAFETY: _exit ends the child without running the parent's
+        // destructors.
+        unsafe { libc::_exit(code) };
+    }
+    drop(w);
+    let deadline = std::time::Instant::now() + limit;
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid int to fill.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid: {}", io::Error::last_os_error());
+        if r == pid {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            // SAFETY: our child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (status, reader.join().expect("output reader"))
+}
+
+/// Whether a wait status is that of a child the watchdog of
+/// [`in_child_output_within`] killed.
+pub fn killed_by_watchdog(status: i32) -> bool {
+    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL
+}
+
 /// A pipe: (read end, write end), both close-on-exec.
 pub fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::FromRawFd;

@@ -844,3 +844,182 @@ fn shim_1_a_closure_is_dropped_without_handlers_interrupting_its_destructors() {
     );
     drop(ticker);
 }
+
+static RW: aem::sync::RwLock<Vec<u64>> = aem::sync::RwLock::new(Vec::new());
+
+#[test]
+fn shim_3_rwlock_held_by_the_main_flow_defers_its_handlers() {
+    let efd = eventfd();
+    // SAFETY: the handler only pushes to RW, an aem::sync::RwLock, which
+    // may allocate: this binary's global allocator is aem::HandlerSafeAlloc.
+    let _reg = unsafe {
+        aem::register_inline(readable(&efd), Options::default(), |rec: &mut Record| {
+            RW.write().push(rec.count);
+            Action::Rearm
+        })
+    }
+    .unwrap();
+    RW.write().clear();
+    {
+        // A reader: with an ordinary lock the handler's write would wait
+        // here for ever.
+        let v = RW.read();
+        eventfd_add(&efd, 1);
+        assert!(v.is_empty(), "the handler ran while the lock was held");
+        assert_eq!(aem::critical_depth(), 1);
+    }
+    assert_eq!(*RW.read(), vec![1], "the handler ran after the release");
+    {
+        // A writer, narrowed to a part of the data, and a timed attempt.
+        let mut first = aem::sync::RwLockWriteGuard::map(RW.write(), |v| &mut v[0]);
+        eventfd_add(&efd, 1);
+        *first = 10;
+        assert!(RW.try_read_for(Duration::from_millis(1)).is_none());
+    }
+    // Its count of activations since it last ran.
+    assert_eq!(*RW.read(), vec![10, 1]);
+    assert_eq!(aem::critical_depth(), 0);
+}
+
+/// The child of the panic tests: an inline handler that panics with a
+/// formatted message, fired by another thread while the main flow holds
+/// `std`'s standard error lock, writes through it, and captures backtraces
+/// (which holds `std`'s backtrace lock, the one `std`'s default panic hook
+/// takes).  It never ends by itself.
+fn panic_in_a_handler_amid_std_locks(efd: &OwnedFd) -> i32 {
+    use std::io::Write;
+    // SAFETY: the handler panics on purpose, in a child: the panic aborts
+    // the program.  Formatting the message allocates, with this binary's
+    // aem::HandlerSafeAlloc.
+    let _reg = unsafe {
+        aem::register_inline(readable(efd), Options::default(), |rec| {
+            panic!("handler boom {}", rec.count)
+        })
+    }
+    .unwrap();
+    // SAFETY: dup of a live descriptor; the thread owns the copy.
+    let efd2 = unsafe { OwnedFd::from_raw_fd(libc::dup(efd.as_raw_fd())) };
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        eventfd_add(&efd2, 1);
+    });
+    let mut err = std::io::stderr().lock();
+    for i in 0u64.. {
+        let bt = std::backtrace::Backtrace::force_capture();
+        let _ = writeln!(err, "main {i} {:?}", bt.status());
+    }
+    0
+}
+
+/// With `std`'s default hook instead of aem's, this child deadlocks
+/// whenever the handler interrupts a backtrace capture (the hook waits for
+/// the backtrace lock its own thread holds: 3 runs of 4 in the guest), and
+/// otherwise the report goes to libtest's capture buffer, lost.
+#[test]
+fn shim_4_a_handler_panic_amid_std_locks_is_reported_and_aborts() {
+    let efd = eventfd();
+    let (status, err) = aem_conformance::in_child_output_within(2, Duration::from_secs(10), || {
+        aem::panic::install_hook();
+        panic_in_a_handler_amid_std_locks(&efd)
+    });
+    let tail = &err[err.len().saturating_sub(600)..];
+    assert!(
+        !aem_conformance::killed_by_watchdog(status),
+        "deadlocked: {tail:?}"
+    );
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "status {status:#x}, stderr ends {tail:?}"
+    );
+    // The message comes whole, on a line of its own, even though the main
+    // flow was writing through std's lock.
+    let at = err.find("thread 'main' (").expect(tail);
+    let report = &err[at..];
+    let first = report.lines().next().unwrap();
+    assert!(
+        first.contains(" panicked at conformance/tests/shim.rs:")
+            && first.contains(" in the inline handler of AEM event "),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .contains(":\nhandler boom 1\naem: a panic in an inline handler aborts the program\n"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn shim_3_tracing_events_from_handlers_and_main_flow_are_whole_lines() {
+    static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
+    static MAIN_ROUNDS: AtomicU64 = AtomicU64::new(0);
+    // SAFETY: the handler touches an atomic and emits tracing events (no
+    // spans) through the one global subscriber with aem's writer, set up
+    // and warmed up on this thread by `setup`, as aem::tracing requires;
+    // formatting allocates, with this binary's aem::HandlerSafeAlloc.
+    let (_, out) = unsafe {
+        interleaved(
+            2,
+            || {
+                tracing_subscriber::fmt()
+                    .with_writer(aem::tracing::LineWriter::stderr())
+                    .without_time()
+                    .with_target(false)
+                    .init();
+                tracing::info!("warm-up");
+            },
+            20_000,
+            |_| {
+                let n = HANDLER_RUNS.fetch_add(1, SeqCst) + 1;
+                tracing::info!("{}", line("handler", n));
+                tracing::debug!("filtered out");
+            },
+            |i| {
+                tracing::warn!("{}", line("main", i));
+                MAIN_ROUNDS.fetch_add(1, SeqCst);
+            },
+            || {
+                tracing::error!(
+                    "total {} {}",
+                    HANDLER_RUNS.load(SeqCst),
+                    MAIN_ROUNDS.load(SeqCst)
+                )
+            },
+        )
+    };
+    // " INFO message": the level, right-aligned, then the message.
+    let parse = |l: &str| {
+        let (level, message) = l.trim_start().split_once(' ')?;
+        Some((level.to_string(), message.to_string()))
+    };
+    let mut lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first().copied().and_then(parse),
+        Some(("INFO".into(), "warm-up".into()))
+    );
+    lines.remove(0);
+    let (level, total) = lines.pop().and_then(parse).expect("no total line");
+    assert_eq!(level, "ERROR");
+    let total: Vec<u64> = total
+        .strip_prefix("total ")
+        .expect("no total line")
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let broken: Vec<&&str> = lines
+        .iter()
+        .filter(|l| match parse(l) {
+            Some((level, message)) => {
+                !((level == "INFO" && message.starts_with("handler "))
+                    || (level == "WARN" && message.starts_with("main ")))
+                    || !line_is_whole(&message)
+            }
+            None => true,
+        })
+        .take(5)
+        .collect();
+    assert!(broken.is_empty(), "broken lines: {broken:?}");
+    let handler_lines = lines.iter().filter(|l| l.contains("INFO")).count() as u64;
+    assert_eq!(handler_lines, total[0]);
+    assert_eq!(lines.len() as u64 - handler_lines, total[1]);
+    assert!(total[0] > 1, "the events were never interleaved");
+}
