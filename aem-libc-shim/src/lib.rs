@@ -9,8 +9,7 @@
 //! `unsafe` to register, its caller vouching for what the handler touches;
 //! see [Handler safety](#handler-safety)).  Every failure is an [`Error`].
 //!
-//! Today it offers the feature query, the safe entry point every program
-//! starts with:
+//! Every program starts with the feature query:
 //!
 //! ```no_run
 //! match aem::features() {
@@ -47,7 +46,8 @@
 //! - Helpers handlers and the main flow can share: [`println!`] and
 //!   friends ([`io`]), the `lock_api` locks of [`sync`] ([`sync::Mutex`],
 //!   [`sync::RwLock`], their mapped guards and timed attempts),
-//!   [`HandlerSafeAlloc`], a `log` backend ([`mod@log`]), a
+//!   [`HandlerSafeAlloc`] (over a heap apart from the C library's:
+//!   [`HandlerSafeAlloc::separate`]), a `log` backend ([`mod@log`]), a
 //!   `tracing-subscriber` writer (`aem::tracing`, feature `tracing`), and a
 //!   panic hook ([`panic::install_hook`]).
 //! - [`Error`]: every way an AEM call can fail.
