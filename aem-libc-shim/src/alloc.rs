@@ -45,9 +45,13 @@ pub(crate) fn handler_safe_alloc_in_use() -> bool {
 /// (`dlmalloc`, on pages from `mmap`, under its own lock, ready for
 /// `fork`): the C library keeps its heap to itself, so whatever it does in
 /// the main flow, a handler's allocation never waits on it.  It is the
-/// one to use in a program with inline handlers; its price is a second
-/// heap, and memory that C code allocated must not be freed by Rust (nor
-/// Rust's by C's `free`), which sound code never does anyway.
+/// one to use in a program with inline handlers.  Its price: a second
+/// heap; one lock for every thread, so threads that allocate at the same
+/// moment wait on each other where the C library's per-thread arenas
+/// would not (an allocation-heavy server with many threads may prefer
+/// `::system()` and keep C calls out of its main flows); and memory that
+/// C code allocated must not be freed by Rust (nor Rust's by C's `free`),
+/// which sound code never does anyway.
 ///
 /// ```no_run
 /// #[global_allocator]
