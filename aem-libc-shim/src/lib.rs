@@ -25,6 +25,13 @@
 //! - [`features`]: what the running kernel implements ([`Features`]).
 //! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
 //!   taken as records (polled delivery), with RAII registrations.
+//! - [`Context`], [`Events`]: polled delivery for event loops: a
+//!   descriptor that poll and epoll see readable while records are
+//!   pending, and a nonblocking [`Context::try_wait`] into a reused
+//!   buffer.  With the feature `mio`, a `Context` is a `mio::event::Source`;
+//!   with the feature `tokio`, `AsyncContext` awaits records in a tokio
+//!   runtime.  [`register_read`]: reads the kernel completes into a buffer
+//!   the registration owns, delivered as records.
 //! - [`on_event`], [`dispatch`], [`DispatchRegistration`]: closures for
 //!   polled events, run by [`dispatch`] on the thread that calls it, where
 //!   `std` printing, locks, any allocator and any `log` backend work.
@@ -83,6 +90,9 @@ compile_error!(
 );
 
 mod alloc;
+#[cfg(feature = "tokio")]
+mod async_context;
+mod context;
 mod critical;
 mod dispatch;
 mod error;
@@ -92,11 +102,15 @@ mod inline;
 pub mod io;
 pub mod log;
 mod owner;
+mod read;
 mod signal;
 mod socket;
 pub mod sync;
 
 pub use alloc::HandlerSafeAlloc;
+#[cfg(feature = "tokio")]
+pub use async_context::AsyncContext;
+pub use context::{Context, Events};
 pub use critical::{critical, critical_depth, critical_section, CriticalSection};
 pub use dispatch::{dispatch, on_event, DispatchRegistration};
 pub use error::{Errno, Error};
@@ -108,6 +122,7 @@ pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
 pub use inline::{
     block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
 };
+pub use read::{register_read, ReadRegistration};
 pub use signal::{on_signals, Signal, SignalRegistration};
 pub use socket::{
     on_accept, on_read, on_socket_state, AcceptFlags, ReadEvent, StateChange, TcpState,
