@@ -361,7 +361,7 @@ static ONESHOTS: crate::sync::Mutex<BTreeMap<u32, Weak<AtomicBool>>> =
 static ONESHOTS_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Mark the one-shot events of `records` ended.
-fn end_oneshots(records: &[uapi::aem_record]) {
+pub(crate) fn end_oneshots(records: &[uapi::aem_record]) {
     if ONESHOTS_LEN.load(Ordering::Acquire) == 0 {
         return;
     }

@@ -29,6 +29,13 @@
 //!   taken as records (polled delivery), with RAII registrations.  A
 //!   [`Record`] owns what it carries: an accepted connection not taken out
 //!   of it ([`Record::take_accepted`]) is closed with it.
+//! - [`Context`], [`Events`]: polled delivery for event loops: a
+//!   descriptor that poll and epoll see readable while records are
+//!   pending, and a nonblocking [`Context::try_wait`] into a reused
+//!   buffer.  With the feature `mio`, a `Context` is a `mio::event::Source`;
+//!   with the feature `tokio`, `AsyncContext` awaits records in a tokio
+//!   runtime.  [`register_read`]: reads the kernel completes into a buffer
+//!   the registration owns, delivered as records.
 //! - [`on_event`], [`dispatch`], [`DispatchRegistration`]: closures for
 //!   polled events, run by [`dispatch`] on the thread that calls it, where
 //!   `std` printing, locks, any allocator and any `log` backend work.
@@ -104,6 +111,9 @@ compile_error!(
 );
 
 mod alloc;
+#[cfg(feature = "tokio")]
+mod async_context;
+mod context;
 mod critical;
 mod dispatch;
 mod error;
@@ -114,6 +124,7 @@ pub mod io;
 pub mod log;
 mod owner;
 pub mod panic;
+mod read;
 mod signal;
 mod socket;
 pub mod sync;
@@ -121,6 +132,9 @@ pub mod sync;
 pub mod tracing;
 
 pub use alloc::{HandlerSafeAlloc, SeparateHeap};
+#[cfg(feature = "tokio")]
+pub use async_context::AsyncContext;
+pub use context::{Context, Events};
 pub use critical::{critical, critical_depth, critical_section, CriticalSection};
 pub use dispatch::{dispatch, on_event, DispatchRegistration};
 pub use error::{Errno, Error};
@@ -132,6 +146,7 @@ pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
 pub use inline::{
     block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
 };
+pub use read::{register_read, ReadRegistration};
 pub use signal::{on_signals, Signal, SignalRegistration};
 pub use socket::{
     on_accept, on_read, on_socket_state, AcceptFlags, ReadEvent, StateChange, TcpState,

@@ -1,6 +1,7 @@
 //! SHIM-1: the example programs written with the safe `aem` API alone
-//! (`examples/echo-server`, `examples/periodic-timer`), run as they ship,
-//! from the guest's PATH (the rootfs).
+//! (`examples/echo-server`, `examples/tokio-server`,
+//! `examples/periodic-timer`), run as they ship, from the guest's PATH
+//! (the rootfs).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -25,30 +26,41 @@ fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
     }
 }
 
-/// A running `aem-echo-server` on an ephemeral port; killed if a test
-/// fails before [`EchoServer::stop`].
+/// A running echo server (`aem-echo-server`, or `aem-tokio-echo`, which
+/// speaks the same) on an ephemeral port; killed if a test fails before
+/// [`EchoServer::stop`].
 struct EchoServer {
     child: Child,
     out: BufReader<ChildStdout>,
     addr: String,
+    name: &'static str,
 }
 
 impl EchoServer {
     fn start() -> EchoServer {
-        let mut child = Command::new("aem-echo-server")
+        EchoServer::start_named("aem-echo-server")
+    }
+
+    fn start_named(name: &'static str) -> EchoServer {
+        let mut child = Command::new(name)
             .args(["--addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .spawn()
-            .expect("aem-echo-server");
+            .expect(name);
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         let addr = line
             .trim_end()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("aem-echo-server said {line:?}"))
+            .unwrap_or_else(|| panic!("{name} said {line:?}"))
             .to_string();
-        EchoServer { child, out, addr }
+        EchoServer {
+            child,
+            out,
+            addr,
+            name,
+        }
     }
 
     /// Its registrations, as `/proc/<pid>/aem` lists them.
@@ -63,10 +75,10 @@ impl EchoServer {
         // SAFETY: kill(2) on our own child.
         let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(killed, 0, "kill: {}", std::io::Error::last_os_error());
-        let status = wait_within(&mut self.child, Duration::from_secs(30), "aem-echo-server");
+        let status = wait_within(&mut self.child, Duration::from_secs(30), self.name);
         let mut rest = String::new();
         self.out.read_to_string(&mut rest).unwrap();
-        assert!(status.success(), "aem-echo-server: {status}; said {rest:?}");
+        assert!(status.success(), "{}: {status}; said {rest:?}", self.name);
         rest.lines().last().unwrap_or_default().to_string()
     }
 }
@@ -135,10 +147,11 @@ fn echo_client(addr: &str, c: usize) -> u64 {
     sent
 }
 
-#[test]
-fn shim_1_echo_server_example_echoes_every_client() {
+/// `CLIENTS` clients at once, each message echoed exactly; the server's
+/// totals count them all.
+fn echoes_every_client(name: &'static str) {
     const CLIENTS: usize = 20;
-    let mut server = EchoServer::start();
+    let mut server = EchoServer::start_named(name);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let addr = server.addr.clone();
@@ -150,6 +163,18 @@ fn shim_1_echo_server_example_echoes_every_client() {
         server.stop(),
         format!("served {CLIENTS} connections, {total} bytes")
     );
+}
+
+#[test]
+fn shim_1_echo_server_example_echoes_every_client() {
+    echoes_every_client("aem-echo-server");
+}
+
+/// The tokio server: accepts and reads completed by the kernel, taken as
+/// records through `aem::AsyncContext`, replies written with tokio.
+#[test]
+fn shim_1_tokio_echo_example_echoes_every_client() {
+    echoes_every_client("aem-tokio-echo");
 }
 
 /// Wait up to ten seconds for `done`.
@@ -200,6 +225,60 @@ fn shim_1_echo_server_example_waits_for_a_client_that_does_not_read() {
             && rows
                 .iter()
                 .any(|r| r.source == "read" && r.state == "enabled")
+    });
+    drop(stream);
+    // The connection's end unregisters its reader.
+    eventually("the connection closed", || {
+        !server.registrations().iter().any(|r| r.source == "read")
+    });
+    assert_eq!(server.stop(), format!("served 1 connections, {LEN} bytes"));
+}
+
+/// The tokio server stops having the kernel read a client that does not
+/// read its echo (its reader stays disarmed while the echo waits), and
+/// reads again once the client catches up.
+#[test]
+fn shim_1_tokio_echo_example_waits_for_a_client_that_does_not_read() {
+    const LEN: usize = 8 << 20;
+    let mut server = EchoServer::start_named("aem-tokio-echo");
+    let stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let msg = message(98, 0, LEN);
+    let mut echo = vec![0u8; LEN];
+    std::thread::scope(|s| {
+        let (mut w, mut r) = (&stream, &stream);
+        let msg = &msg;
+        let writer = s.spawn(move || w.write_all(msg));
+        // We do not read yet: the echo fills the server's socket, its
+        // write waits, and its reader stays disarmed: no read for 300 ms.
+        let reader = || {
+            server
+                .registrations()
+                .into_iter()
+                .find(|r| r.source == "read")
+                .map(|r| (r.id, r.state, r.deliveries))
+        };
+        eventually("the server's reader disarmed for good", || {
+            let before = reader();
+            std::thread::sleep(Duration::from_millis(300));
+            matches!(&before, Some((_, state, _)) if state == "disabled") && reader() == before
+        });
+        r.read_exact(&mut echo).unwrap();
+        writer.join().unwrap().unwrap();
+    });
+    assert!(
+        echo == msg,
+        "the echo differs at byte {:?}",
+        echo.iter().zip(&msg).position(|(a, b)| a != b)
+    );
+    // All echoed: the reader is armed again.
+    eventually("the server reading again", || {
+        server
+            .registrations()
+            .iter()
+            .any(|r| r.source == "read" && r.state == "enabled")
     });
     drop(stream);
     // The connection's end unregisters its reader.
