@@ -101,3 +101,51 @@ fn exec_4_context_fd_works_with_select() {
     let recs = aem::wait(4, Some(Duration::ZERO)).unwrap();
     assert_eq!(recs.iter().map(|r| r.id).collect::<Vec<_>>(), [reg.id()]);
 }
+
+#[test]
+fn exec_4_zero_timeout_polls_at_once_and_is_not_interrupted_by_signals() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    extern "C" fn ignore(_: libc::c_int) {}
+    const POLLS: u32 = 20_000;
+    let code = aem_conformance::in_child(|| {
+        // SAFETY: the handler does nothing; no SA_RESTART, so a signal that
+        // interrupts a sleeping call shows as EINTR.
+        unsafe { libc::signal(libc::SIGUSR1, ignore as *const () as libc::sighandler_t) };
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let storm = std::thread::spawn(move || {
+            while !s.load(SeqCst) {
+                // SAFETY: signals this process's main thread.
+                unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), me, libc::SIGUSR1) };
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        let mut recs = [aem_syscalls::uapi::aem_record::default(); 4];
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let (mut polled, mut eintr) = (0, 0);
+        for _ in 0..POLLS {
+            // SAFETY: a live buffer of 4 records and a live timespec.
+            match unsafe { aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, &zero, 0) } {
+                Ok(0) => polled += 1,
+                Err(aem_syscalls::Error::Os(aem_syscalls::Errno::EINTR)) => eintr += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        stop.store(true, SeqCst);
+        storm.join().unwrap();
+        assert_eq!(polled + eintr, POLLS);
+        // The exit status: how many polls a signal turned into EINTR,
+        // capped.
+        eintr.min(100) as i32
+    });
+    assert_eq!(
+        code, 0,
+        "a zero-timeout wait, with nothing pending, returned EINTR (of {POLLS}, capped at 100)"
+    );
+}
