@@ -858,16 +858,9 @@ mod tests {
     /// sees end of file (every write end closed).  Blocks while a write end
     /// is open: a leak hangs the test rather than passing it.
     fn write_end_closed_by(f: impl FnOnce(OwnedFd)) -> bool {
-        let mut fds = [0; 2];
-        // SAFETY: room for the two descriptors.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: pipe2 returned two new descriptors we own.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
         f(w);
-        let mut byte = 0u8;
-        // SAFETY: reads at most one byte into `byte`.
-        let n = unsafe { libc::read(r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-        n == 0
+        nix::unistd::read(&r, &mut [0u8]) == Ok(0)
     }
 
     #[test]

@@ -235,17 +235,8 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn pipe() -> (std::fs::File, std::fs::File) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: pipe() returned two new descriptors we own.
-        unsafe {
-            use std::os::fd::FromRawFd;
-            (
-                std::fs::File::from_raw_fd(fds[0]),
-                std::fs::File::from_raw_fd(fds[1]),
-            )
-        }
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        (r.into(), w.into())
     }
 
     #[test]

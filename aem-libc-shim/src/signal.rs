@@ -4,7 +4,10 @@
 //! [`crate::register_inline`]) instead of only what async-signal-safety
 //! allows.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::event::{FdEvents, Options, Record, Source};
 use crate::inline::{register_inline, Action, InlineRegistration};
@@ -38,10 +41,8 @@ pub struct SignalRegistration {
     _fd: OwnedFd,
 }
 
-fn last_error() -> Error {
-    Error::Os(Errno(
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-    ))
+fn os(e: nix::errno::Errno) -> Error {
+    Error::Os(Errno(e as i32))
 }
 
 /// Receive `signals` as events: `handler` runs inline on the calling
@@ -65,37 +66,29 @@ pub unsafe fn on_signals<F>(
 where
     F: FnMut(Signal) -> Action + Send + 'static,
 {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut set: libc::sigset_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `set` is a live sigset_t.
-    unsafe { libc::sigemptyset(&mut set) };
+    // nix's `Signal` has no real-time signals: the numbers go in with
+    // sigaddset(3), which checks them, into a set nix made empty.
+    let mut raw_set: libc::sigset_t = *SigSet::empty().as_ref();
     for s in signals {
-        // SAFETY: as above; an invalid number fails with EINVAL.
-        if unsafe { libc::sigaddset(&mut set, s.0) } != 0 {
+        // SAFETY: `raw_set` is an initialised sigset_t; an invalid number
+        // fails with EINVAL.
+        if unsafe { libc::sigaddset(&mut raw_set, s.0) } != 0 {
             return Err(Error::Os(Errno(libc::EINVAL)));
         }
     }
-    // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
-    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `set` is initialised, `old` is a live sigset_t to fill.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-    if rc != 0 {
-        return Err(Error::Os(Errno(rc)));
-    }
+    // SAFETY: `raw_set` was initialised by SigSet::empty and changed only
+    // by sigaddset.
+    let set = unsafe { SigSet::from_sigset_t_unchecked(raw_set) };
+    let old = set.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(os)?;
     // A failure below gives the thread its mask back: signals blocked with
     // no event to read them would be lost to the program.
     let restore_mask = |e: Error| {
-        // SAFETY: `old` is the mask pthread_sigmask returned.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+        let _ = old.thread_set_mask();
         e
     };
-    // SAFETY: `set` is initialised; -1 asks for a new descriptor.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(restore_mask(last_error()));
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| restore_mask(os(e)))?;
+    let fd = OwnedFd::from(fd);
     let raw = fd.as_raw_fd();
     let on_readable = move |_: &mut Record| {
         let mut action = Action::Rearm;

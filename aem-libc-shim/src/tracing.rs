@@ -161,19 +161,11 @@ mod tests {
     use super::*;
     use crate::critical::critical_depth;
     use std::io::{Read, Write};
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, OwnedFd};
 
     fn pipe() -> (std::fs::File, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: pipe() returned two new descriptors we own.
-        unsafe {
-            (
-                std::fs::File::from_raw_fd(fds[0]),
-                OwnedFd::from_raw_fd(fds[1]),
-            )
-        }
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        (r.into(), w)
     }
 
     #[test]

@@ -9,28 +9,20 @@ use std::fmt;
 /// still running after 10 s (then killed).
 fn child_stderr(f: fn()) -> Option<(i32, String)> {
     use std::io::Read;
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().expect("pipe");
     // SAFETY: the child only runs `f` (which keeps to the calling
     // thread) and leaves with _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
         // SAFETY: the pipe's write end becomes standard error.
-        unsafe { libc::dup2(fds[1], 2) };
+        unsafe { libc::dup2(w.as_raw_fd(), 2) };
         f();
         // SAFETY: ends the child without the parent's destructors.
         unsafe { libc::_exit(0) };
     }
-    // SAFETY: we own the pipe's ends.
-    let (mut r, w) = unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    };
+    let mut r = std::fs::File::from(r);
     drop(w);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut status = 0;

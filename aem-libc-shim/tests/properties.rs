@@ -4,7 +4,7 @@
 //! against the real kernel by the conformance suite (`tests/model.rs`).
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
 
 use aem::{EventData, FdEvents, TcpState};
 use aem_syscalls::uapi;
@@ -35,13 +35,8 @@ proptest! {
     /// Any text, of any length, goes out whole and unchanged.
     #[test]
     fn output_is_written_whole(text in ".{0,3000}", times in 1usize..4) {
-        let mut fds = [0; 2];
-        // SAFETY: room for the two descriptors.
-        prop_assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: pipe() returned two new descriptors we own.
-        let (mut r, w) = unsafe {
-            (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1]))
-        };
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let (mut r, w) = (std::fs::File::from(r), std::fs::File::from(w));
         let reader = std::thread::spawn(move || {
             let mut s = String::new();
             r.read_to_string(&mut s).unwrap();

@@ -22,6 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::unistd;
+
 const ROUNDS: usize = 2000;
 
 fn now_ns() -> u64 {
@@ -35,24 +39,18 @@ fn now_ns() -> u64 {
 }
 
 fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd has no memory-safety preconditions.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: eventfd just returned this descriptor.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+    EventFd::from_value_and_flags(0, flags)
+        .expect("eventfd")
+        .into()
 }
 
 fn poke(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live buffer.
-    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
-    assert_eq!(n, 8);
+    assert_eq!(unistd::write(fd, &1u64.to_ne_bytes()), Ok(8));
 }
 
 fn drain(fd: &OwnedFd) {
-    let mut buf = [0u8; 8];
-    // SAFETY: reads at most 8 bytes into a live buffer.
-    unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+    let _ = unistd::read(fd, &mut [0u8; 8]);
 }
 
 /// A way to block until the eventfd fires.
@@ -240,13 +238,11 @@ extern "C" fn on_rt_signal(_: libc::c_int) {
 /// A pipe whose read end raises SIGRTMIN at the calling thread when it
 /// becomes readable (F_SETOWN_EX + F_SETSIG + O_ASYNC).  Returns (read, write).
 fn rt_signal_pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: plain fd and signal set-up calls on descriptors we own.
+    let (r, w) = unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).expect("pipe2");
+    let rfd = r.as_raw_fd();
+    // SAFETY: plain fd and signal set-up calls on a descriptor we own.
+    // (Raw sigaction: nix's `Signal` has no real-time signals.)
     unsafe {
-        assert_eq!(
-            libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK),
-            0
-        );
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_rt_signal as *const () as usize;
         sa.sa_flags = libc::SA_RESTART;
@@ -258,12 +254,12 @@ fn rt_signal_pipe() -> (OwnedFd, OwnedFd) {
             kind: F_OWNER_TID,
             pid: libc::syscall(libc::SYS_gettid) as libc::pid_t,
         };
-        assert_eq!(libc::fcntl(fds[0], F_SETOWN_EX, &owner), 0);
-        assert_eq!(libc::fcntl(fds[0], F_SETSIG, libc::SIGRTMIN()), 0);
-        let fl = libc::fcntl(fds[0], libc::F_GETFL);
-        assert_eq!(libc::fcntl(fds[0], libc::F_SETFL, fl | libc::O_ASYNC), 0);
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+        assert_eq!(libc::fcntl(rfd, F_SETOWN_EX, &owner), 0);
+        assert_eq!(libc::fcntl(rfd, F_SETSIG, libc::SIGRTMIN()), 0);
+        let fl = libc::fcntl(rfd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(rfd, libc::F_SETFL, fl | libc::O_ASYNC), 0);
     }
+    (r, w)
 }
 
 fn io_uring_waiter(efd: &OwnedFd) -> Waiter {

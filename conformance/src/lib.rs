@@ -114,15 +114,14 @@ extern "C" fn count_trap(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::
 /// in [`TRAPPED`].  Proof of which calls a code path makes.  Use it in a
 /// child process.
 pub fn trap_syscall_op(nr: libc::c_long, op: u32) -> io::Result<()> {
-    // SAFETY: sigaction is plain data; the handler only bumps an atomic.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = count_trap as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let sa = SigAction::new(
+        SigHandler::SigAction(count_trap),
+        SaFlags::SA_SIGINFO,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only bumps an atomic.
+    unsafe { sigaction(Signal::SIGSYS, &sa) }?;
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     // Offsets in struct seccomp_data: nr, arch, args[1]'s low word.
     const NR_OFF: u32 = 0;
@@ -331,40 +330,23 @@ pub fn killed_by_watchdog(status: i32) -> bool {
 
 /// A pipe: (read end, write end), both close-on-exec.
 pub fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(r, 0, "pipe2: {}", io::Error::last_os_error());
-    // SAFETY: pipe2 just returned these descriptors; nothing else owns them.
-    unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    }
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
 }
 
 /// A non-blocking, close-on-exec eventfd.
 pub fn eventfd() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: eventfd has no memory-safety preconditions.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
-    // SAFETY: eventfd just returned this descriptor.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+    EventFd::from_value_and_flags(0, flags)
+        .expect("eventfd")
+        .into()
 }
 
-/// Write `bytes` to `fd`, asserting it all went.
-pub fn write_fd(fd: &impl std::os::fd::AsRawFd, bytes: &[u8]) {
-    // SAFETY: `bytes` is valid for reads of its length.
-    let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-    assert_eq!(
-        n,
-        bytes.len() as isize,
-        "write: {}",
-        io::Error::last_os_error()
-    );
+/// Write `bytes` to `fd`, asserting it all went.  Allocation-free unless
+/// the assertion fails: handlers may call it.
+pub fn write_fd(fd: &impl std::os::fd::AsFd, bytes: &[u8]) {
+    let r = nix::unistd::write(fd, bytes);
+    assert_eq!(r, Ok(bytes.len()), "write");
 }
 
 /// One line of `/proc/<pid>/aem`.
@@ -430,7 +412,7 @@ pub fn watch_in(
 }
 
 /// Add `n` to an eventfd's counter (a readiness wake-up).
-pub fn eventfd_add(fd: &impl std::os::fd::AsRawFd, n: u64) {
+pub fn eventfd_add(fd: &impl std::os::fd::AsFd, n: u64) {
     write_fd(fd, &n.to_ne_bytes());
 }
 
@@ -441,15 +423,14 @@ pub fn eventfd_add(fd: &impl std::os::fd::AsRawFd, n: u64) {
 /// the adding is done and at least `min_rounds` ran.  Returns the rounds
 /// run and the writes made.
 pub fn fire_while(
-    efd: &impl std::os::fd::AsRawFd,
+    efd: &impl std::os::fd::AsFd,
     duration: std::time::Duration,
     min_rounds: u64,
     mut round: impl FnMut(u64),
 ) -> (u64, u64) {
-    use std::os::fd::FromRawFd;
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    // SAFETY: dup of a live descriptor; the thread owns the copy.
-    let copy = unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::dup(efd.as_raw_fd())) };
+    // The thread owns the copy.
+    let copy = nix::unistd::dup(efd).expect("dup");
     let done = std::sync::Arc::new(AtomicBool::new(false));
     let d = done.clone();
     let firer = std::thread::spawn(move || {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aem::{Options, Source};
 use aem_conformance::{eventfd, eventfd_add, in_child, pipe, proc_row, watch_in};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -262,14 +263,10 @@ extern "C" fn on_signal(_: libc::c_int) {}
 
 /// Install a do-nothing SIGUSR1 handler with `flags`, and have another
 /// thread signal this one after 100 ms.
-fn signal_me_soon(flags: libc::c_int) -> std::thread::JoinHandle<()> {
+fn signal_me_soon(flags: SaFlags) -> std::thread::JoinHandle<()> {
+    let sa = SigAction::new(SigHandler::Handler(on_signal), flags, SigSet::empty());
     // SAFETY: installs a handler that does nothing.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = flags;
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
+    unsafe { sigaction(Signal::SIGUSR1, &sa) }.expect("sigaction");
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() } as usize;
     std::thread::spawn(move || {
@@ -282,11 +279,11 @@ fn signal_me_soon(flags: libc::c_int) -> std::thread::JoinHandle<()> {
 #[test]
 fn deliv_7_signal_interrupts_aem_wait_with_eintr() {
     let eintr = Err(aem::Error::Os(aem::Errno(libc::EINTR)));
-    let t = signal_me_soon(0);
+    let t = signal_me_soon(SaFlags::empty());
     assert_eq!(aem::wait(8, Some(10 * SEC)), eintr);
     t.join().unwrap();
     // SA_RESTART does not change that: aem_wait is never restarted.
-    let t = signal_me_soon(libc::SA_RESTART);
+    let t = signal_me_soon(SaFlags::SA_RESTART);
     assert_eq!(aem::wait(8, Some(10 * SEC)), eintr);
     t.join().unwrap();
 }

@@ -5,7 +5,7 @@
 //! `println!`, also in a forked child.)
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,13 +19,10 @@ fn readable(fd: &OwnedFd) -> Source<'_> {
 
 /// Read (and so reset) an eventfd's counter.
 fn drain(fd: &OwnedFd) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a live u64.
-    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    if n == 8 {
-        v
-    } else {
-        0
+    let mut v = [0u8; 8];
+    match nix::unistd::read(fd, &mut v) {
+        Ok(8) => u64::from_ne_bytes(v),
+        _ => 0,
     }
 }
 

@@ -10,7 +10,17 @@ use std::time::{Duration, Instant};
 
 use aem::{Action, Clock, EventData, Expiry, FdEvents, Options, Source};
 use aem_conformance::{eventfd, eventfd_add, pipe, proc_row, write_fd};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use std::os::fd::{AsFd, AsRawFd};
+
+/// A signal action running `handler`, with no flags and an empty mask.
+fn plain_handler(handler: extern "C" fn(libc::c_int)) -> SigAction {
+    SigAction::new(
+        SigHandler::Handler(handler),
+        SaFlags::empty(),
+        SigSet::empty(),
+    )
+}
 
 fn gettid() -> i64 {
     // SAFETY: gettid has no preconditions.
@@ -315,19 +325,13 @@ fn deliv_7_blocking_read_restarts_after_a_handler() {
     });
     let start = Instant::now();
     let mut buf = [0u8; 8];
-    // SAFETY: reads into a live buffer of its length.
-    let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = nix::unistd::read(&r, &mut buf);
     writer.join().unwrap();
     assert!(
         RAN.load(SeqCst),
         "the timer's handler did not run during read()"
     );
-    assert_eq!(
-        n,
-        4,
-        "read() was not restarted: {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(n, Ok(4), "read() was not restarted");
     assert_eq!(&buf[..4], b"late");
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
@@ -352,11 +356,7 @@ fn exec_5_keepalive_runs_handlers_until_a_signal() {
     }
     .unwrap();
     // SAFETY: installs a handler that does nothing.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_usr1 as *const () as usize;
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
+    unsafe { sigaction(Signal::SIGUSR1, &plain_handler(on_usr1)) }.expect("sigaction");
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() } as usize;
     let t = std::thread::spawn(move || {
@@ -389,11 +389,8 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
         // SAFETY: installs handlers that only store to an atomic or do
         // nothing; the watchdog alarm ends a keepalive that sleeps on.
         unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = note_usr1 as *const () as usize;
-            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-            sa.sa_sigaction = on_usr1 as *const () as usize;
-            assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
+            sigaction(Signal::SIGUSR1, &plain_handler(note_usr1)).expect("sigaction");
+            sigaction(Signal::SIGALRM, &plain_handler(on_usr1)).expect("sigaction");
         }
         let raise_usr1 = |_: &mut aem::Record| {
             // SAFETY: raise() only sends a signal to this thread; its

@@ -484,20 +484,15 @@ fn shim_1_wait_for_more_records_than_a_call_takes_is_capped() {
     drop(regs);
 }
 
-fn blocked_in_this_thread(sig: i32) -> bool {
-    // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new mask only reads the current one into `set`.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set) };
-    assert_eq!(rc, 0);
-    // SAFETY: `set` is initialised.
-    unsafe { libc::sigismember(&set, sig) == 1 }
+fn blocked_in_this_thread(sig: nix::sys::signal::Signal) -> bool {
+    let set = nix::sys::signal::SigSet::thread_get_mask().expect("pthread_sigmask");
+    set.contains(sig)
 }
 
 #[test]
 fn shim_1_failed_on_signals_leaves_the_signal_mask_as_it_was() {
     std::thread::spawn(|| {
-        assert!(!blocked_in_this_thread(libc::SIGUSR2));
+        assert!(!blocked_in_this_thread(nix::sys::signal::Signal::SIGUSR2));
         // Priority 100 is refused by the kernel, after the signals were
         // blocked for the signalfd.
         let bad = Options::new().priority(100);
@@ -505,7 +500,7 @@ fn shim_1_failed_on_signals_leaves_the_signal_mask_as_it_was() {
         let r = unsafe { aem::on_signals(&[aem::Signal::USR2], bad, |_| Action::Rearm) };
         assert_eq!(r.unwrap_err(), aem::Error::Os(aem::Errno(libc::EINVAL)));
         assert!(
-            !blocked_in_this_thread(libc::SIGUSR2),
+            !blocked_in_this_thread(nix::sys::signal::Signal::SIGUSR2),
             "SIGUSR2 left blocked with nobody to read it"
         );
     })

@@ -19,6 +19,8 @@ use aem::{
 };
 use aem_conformance::{pipe, proc_row, write_fd};
 use aem_syscalls::uapi;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -51,22 +53,11 @@ fn wait_records(n: usize) -> Vec<Record> {
 }
 
 fn set_nofile(soft: u64, hard: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: `lim` is a valid rlimit.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("setrlimit");
 }
 
 fn nofile() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is writable.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    (lim.rlim_cur, lim.rlim_max)
+    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit")
 }
 
 fn peer_addr(fd: RawFd) -> SocketAddr {
@@ -237,35 +228,12 @@ fn src_2_emfile_is_reported_and_the_connection_kept() {
     )
     .unwrap();
     // The client's socket exists before the limit drops.
-    // SAFETY: plain socket(2).
-    let cfd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    assert!(cfd >= 0);
-    // SAFETY: we own the new descriptor.
-    let client = unsafe { TcpStream::from_raw_fd(cfd) };
+    let client = tcp_socket();
     // The lowest free descriptor becomes the limit: no new fd fits.
-    // SAFETY: dup/close of a descriptor we own.
-    let lowest = unsafe { libc::dup(cfd) };
-    // SAFETY: as above.
-    unsafe { libc::close(lowest) };
+    let lowest = nix::unistd::dup(&client).expect("dup").as_raw_fd();
     let (soft, hard) = nofile();
     set_nofile(lowest as u64, hard);
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sa` is a valid sockaddr_in of the size passed.
-    let rc = unsafe {
-        libc::connect(
-            cfd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    assert_eq!(rc, 0);
+    connect(&client, addr);
     let recs = wait_records(1);
     set_nofile(soft, hard);
     assert_eq!(recs.len(), 1, "{recs:?}");
@@ -633,17 +601,7 @@ fn reset(s: TcpStream) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `linger` is a valid option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(rc, 0);
+    socket::setsockopt(&s, sockopt::Linger, &linger).expect("SO_LINGER");
     drop(s); // close with linger 0: RST
 }
 
@@ -656,34 +614,21 @@ fn changes(recs: &[Record]) -> Vec<(TcpState, TcpState, Option<Errno>)> {
         .collect()
 }
 
+/// A TCP socket, not yet connected (and not close-on-exec, as socket(2)
+/// makes it).
 fn tcp_socket() -> TcpStream {
-    // SAFETY: plain socket(2); we own the result.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        TcpStream::from_raw_fd(fd)
-    }
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    );
+    TcpStream::from(fd.expect("socket"))
 }
 
 fn connect(s: &TcpStream, addr: SocketAddr) {
     let SocketAddr::V4(v4) = addr else { panic!() };
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(v4.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sa` is a valid sockaddr_in of the size passed.
-    let rc = unsafe {
-        libc::connect(
-            s.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    socket::connect(s.as_raw_fd(), &SockaddrIn::from(v4)).expect("connect");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use aem::{Action, FdEvents, Options, Source};
 use aem_conformance::{eventfd, eventfd_add, in_child, page_size, proc_row, Mapping};
 use aem_syscalls::{uapi, Errno, Error};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// A thread area where the kernel wants it: 8-byte aligned.
 #[repr(C, align(8))]
@@ -282,13 +283,13 @@ extern "C" fn on_segv(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::
 fn deliv_4_unmapped_area_is_dropped_with_sigsegv_and_its_events_still_run() {
     let code = in_child(|| {
         on_new_thread(|| {
+            let sa = SigAction::new(
+                SigHandler::SigAction(on_segv),
+                SaFlags::SA_SIGINFO,
+                SigSet::empty(),
+            );
             // SAFETY: a plain SA_SIGINFO handler that stores to atomics.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_segv as *const () as usize;
-                sa.sa_flags = libc::SA_SIGINFO;
-                libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
-            }
+            unsafe { sigaction(Signal::SIGSEGV, &sa) }.expect("sigaction");
             let page = Mapping::new(1, libc::PROT_READ | libc::PROT_WRITE).unwrap();
             let area = page.addr().cast::<Area>();
             register(area, SIZE).unwrap();

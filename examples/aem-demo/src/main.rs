@@ -4,17 +4,19 @@
 //!
 //! `make run` boots the guest and runs this program.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aem::{Action, EventData, FdEvents, Options, Source};
+use nix::fcntl::OFlag;
+use nix::unistd;
 
 /// Progress of the main flow, read by the handlers.
 static ITERATIONS: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
-static PIPE_WRITER: AtomicI32 = AtomicI32::new(-1);
 
 // Handlers allocate (a lossy string): the allocator must be handler-safe,
 // over a heap of its own so that C library calls cannot block it.
@@ -31,14 +33,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     aem::println!("aem-demo: features {:?}", f.features);
     aem::println!("aem-demo: event sources {:?}", f.sources);
 
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: pipe2 just returned these descriptors; we own them.
-    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    PIPE_WRITER.store(writer.as_raw_fd(), Relaxed);
+    // The timer's handler owns the write end; the read end is shared by
+    // its registration and its handler.
+    let (reader, writer) = unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    let reader = Arc::new(reader);
     let start = Instant::now();
 
     let tick = Duration::from_millis(100);
@@ -55,33 +53,32 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         if n == 2 {
             // Another event, raised from inside this handler: it runs
             // when this handler returns, never nested in it.
-            // SAFETY: writes 5 bytes from a live buffer to our pipe.
-            unsafe { libc::write(PIPE_WRITER.load(Relaxed), b"hello".as_ptr().cast(), 5) };
+            let _ = unistd::write(&writer, b"hello");
         }
         Action::Rearm
     };
     // SAFETY: the handler touches atomics only, reads the clock, prints
-    // with aem::println! and calls write(2), which is async-signal-safe.
+    // with aem::println! and calls write(2) (nix's wrapper does not
+    // allocate), which is async-signal-safe.
     let timer = unsafe {
         aem::register_inline(Source::periodic(tick), Options::new().priority(10), on_tick)
     }?;
-    let reader_fd = reader.as_raw_fd();
+    let pipe_reader = Arc::clone(&reader);
     let on_pipe = move |_: &mut aem::Record| {
         let mut buf = [0u8; 16];
-        // SAFETY: reads into a live buffer of its length.
-        let n = unsafe { libc::read(reader_fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unistd::read(&pipe_reader, &mut buf).unwrap_or(0);
         aem::println!(
             "aem-demo: {:>4} ms  pipe handler: read {:?}, main flow at iteration {}",
             start.elapsed().as_millis(),
-            String::from_utf8_lossy(&buf[..n.max(0) as usize]),
+            String::from_utf8_lossy(&buf[..n]),
             ITERATIONS.load(Relaxed)
         );
         Action::Rearm
     };
-    // SAFETY: the handler calls read(2), which is async-signal-safe, reads
-    // the clock and an atomic, prints with aem::println! and allocates (a
-    // lossy string), with this binary's global allocator
-    // aem::HandlerSafeAlloc.
+    // SAFETY: the handler calls read(2) (nix's wrapper does not allocate),
+    // which is async-signal-safe, reads the clock and an atomic, prints with
+    // aem::println! and allocates (a lossy string), with this binary's
+    // global allocator aem::HandlerSafeAlloc.
     let pipe = unsafe {
         aem::register_inline(
             Source::fd(reader.as_fd(), FdEvents::IN),

@@ -1,40 +1,32 @@
-//! The few socket, rlimit and epoll calls std does not offer.
+//! The few socket, rlimit, signal and epoll calls std does not offer:
+//! through `nix`, except the thin epoll wrapper, whose raw events the
+//! binaries share.
 
 use std::io;
-use std::mem;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+};
 
 /// Binds a TCP listener to `addr` (`host:port`; port 0 picks a free one)
 /// with `SO_REUSEADDR`, so a restarted server need not wait out TIME_WAIT,
 /// and with the given accept backlog, which std's `TcpListener::bind` does
-/// not let one choose. The kernel caps the backlog at `net.core.somaxconn`.
+/// not let one choose. The kernel caps the backlog at `net.core.somaxconn`;
+/// a backlog beyond `SOMAXCONN` (4096) or negative asks for that cap.
 /// The listener is blocking, as from `TcpListener::bind`.
 pub fn listen(addr: &str, backlog: i32) -> io::Result<TcpListener> {
     let addr = resolve(addr)?;
-    let fd = socket(&addr, 0)?;
-    let one: libc::c_int = 1;
-    // SAFETY: passes a pointer to a c_int and its size, as SO_REUSEADDR takes.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    let (storage, len) = sockaddr(&addr);
-    // SAFETY: `storage` holds a socket address of `len` bytes.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })?;
-    // SAFETY: plain syscall on a socket we own.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    let fd = socket(&addr, SockFlag::empty())?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXALLOWABLE);
+    socket::listen(&fd, backlog)?;
     Ok(TcpListener::from(fd))
 }
 
@@ -42,23 +34,11 @@ pub fn listen(addr: &str, backlog: i32) -> io::Result<TcpListener> {
 /// usually still in progress on return: wait until the socket is writable,
 /// then check `TcpStream::take_error`.
 pub fn connect_nonblocking(addr: &SocketAddr) -> io::Result<TcpStream> {
-    let fd = socket(addr, libc::SOCK_NONBLOCK)?;
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` holds a socket address of `len` bytes.
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
+    let fd = socket(addr, SockFlag::SOCK_NONBLOCK)?;
+    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(*addr)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => Ok(TcpStream::from(fd)),
+        Err(e) => Err(e.into()),
     }
-    Ok(TcpStream::from(fd))
 }
 
 /// Raises `RLIMIT_NOFILE` to at least `n`, soft and hard limit, so that a
@@ -68,43 +48,23 @@ pub fn connect_nonblocking(addr: &SocketAddr) -> io::Result<TcpStream> {
 /// root). Without it, the soft limit is still raised to the hard one, and
 /// the error returned; see [`nofile_limit`] for what was achieved.
 pub fn raise_nofile(n: u64) -> io::Result<()> {
-    let lim = getrlimit()?;
-    if lim.rlim_cur >= n {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= n {
         return Ok(());
     }
-    let want = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: lim.rlim_max.max(n),
-    };
-    // SAFETY: passes a valid rlimit.
-    let Err(e) = cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) }) else {
+    let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, n, hard.max(n)) else {
         return Ok(());
     };
-    if lim.rlim_cur < lim.rlim_max {
-        let most = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: passes a valid rlimit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &most) };
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-    Err(e)
+    Err(e.into())
 }
 
 /// The current soft `RLIMIT_NOFILE`: how many descriptors the process may
 /// have open.
 pub fn nofile_limit() -> io::Result<u64> {
-    Ok(getrlimit()?.rlim_cur)
-}
-
-fn getrlimit() -> io::Result<libc::rlimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit to the pointer it is given.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    Ok(lim)
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
 /// A level-triggered epoll instance; each registration carries a `u64`
@@ -174,49 +134,18 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
 }
 
 /// A new close-on-exec TCP socket for `addr`'s family.
-fn socket(addr: &SocketAddr, flags: libc::c_int) -> io::Result<OwnedFd> {
+fn socket(addr: &SocketAddr, flags: SockFlag) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
-        libc::AF_INET
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6
+        AddressFamily::Inet6
     };
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd =
-        cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0) })?;
-    // SAFETY: `fd` is a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `addr` as the C socket address bind(2) and connect(2) take.
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero bytes are a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for any
-            // socket address, and all-zero is a valid sockaddr_in.
-            let sin = unsafe {
-                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe {
-                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
+    Ok(socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | flags,
+        None,
+    )?)
 }
 
 /// Turns a -1 return into the `errno` error.
@@ -231,22 +160,9 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// Blocks SIGTERM and SIGINT and returns a signalfd that reports them, so
 /// that the event loop sees a shutdown request as one more event.
 pub fn shutdown_signals() -> io::Result<OwnedFd> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid. The
-    // process is single-threaded, so sigprocmask covers every thread.
-    let fd = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let set = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT]);
+    // The process is single-threaded, so sigprocmask covers every thread.
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    Ok(fd.into())
 }

@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::process::ExitCode;
 
 use aem_http::{shutdown_signals, Conn, Epoll, ServerArgs};
+use nix::errno::Errno;
+use nix::sys::socket::{accept4, SockFlag};
 
 const USAGE: &str = "usage: http-epoll [--addr HOST:PORT] [--max-conns N]";
 
@@ -111,23 +113,13 @@ fn accept_all(
     loop {
         // accept4 rather than TcpListener::accept: the new socket comes out
         // non-blocking, without a second syscall.
-        // SAFETY: null address pointers are allowed; the result is checked.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd = match accept4(listener.as_raw_fd(), flags) {
+            Ok(fd) => fd,
+            Err(Errno::EAGAIN) => return Ok(()),
+            Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+            Err(e) => return Err(e.into()),
         };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EAGAIN) => return Ok(()),
-                Some(libc::EINTR | libc::ECONNABORTED) => continue,
-                _ => return Err(e),
-            }
-        }
         // SAFETY: `fd` is a new descriptor nothing else owns.
         let stream = unsafe { TcpStream::from_raw_fd(fd) };
         if *open >= max_conns {
