@@ -3,6 +3,13 @@
 //! registration of those handlers, each with why its handler keeps the
 //! contract of [`aem::register_inline`] (what a handler may touch).
 //!
+//! Which mode: the preemptive one, for the lowest latency (a connection's
+//! bytes are echoed wherever the main flow is) at the price of that
+//! contract.  `aem-tokio-echo` (`examples/tokio-server`) is the same
+//! server in the safe records mode: the kernel still accepts and reads,
+//! and the program takes the results where it awaits them, free to use
+//! any library.
+//!
 //! The kernel accepts each connection ([`aem::on_accept`]) and reads each
 //! one into a buffer ([`aem::on_read`]); the handlers, run inline in the
 //! main flow, write the bytes straight back.  The main flow only waits

@@ -10,6 +10,11 @@
 //! print with [`aem::println!`] (whole lines, never spliced), and the heap
 //! is [`aem::HandlerSafeAlloc`].
 //!
+//! Which mode: the preemptive one, to show what its contract asks.  A
+//! program that only needs its ticks where it chooses would register the
+//! closure with [`aem::on_event`] and call [`aem::dispatch`] in its loop:
+//! no `unsafe`, and `std`'s printing and locks would do.
+//!
 //! Each delivery reports how many periods expired since the previous one:
 //! more than one when the handler was held back (overruns).  The program
 //! ends when the expirations add up to `--ticks`.
