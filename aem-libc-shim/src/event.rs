@@ -11,6 +11,8 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::time::Duration;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::{Arc, Weak};
 
 use aem_syscalls::uapi;
@@ -167,6 +169,26 @@ pub enum Source<'fd> {
         /// Its period after the first expiry; `None` for one shot.
         interval: Option<Duration>,
     },
+    /// A process's exit, once, with its status
+    /// ([`EventData::ProcessExit`], [`Source::process_exit`],
+    /// [`Source::child_exit`]).
+    #[non_exhaustive]
+    ProcessExit {
+        /// The process.
+        process: Process<'fd>,
+    },
+}
+
+/// A process whose exit [`Source::ProcessExit`] watches.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Process<'fd> {
+    /// The process a pidfd refers to (`pidfd_open(2)`, `CLONE_PIDFD`):
+    /// any process the caller could open one for, child or not.  Not a
+    /// thread's pidfd (`PIDFD_THREAD`).
+    Pidfd(BorrowedFd<'fd>),
+    /// A child of the calling process, by pid.
+    Child(libc::pid_t),
 }
 
 impl<'fd> Source<'fd> {
@@ -207,6 +229,21 @@ impl<'fd> Source<'fd> {
     /// [`Options::oneshot`] is set.
     pub const fn after(delay: Duration) -> Source<'fd> {
         Source::timer(Clock::Monotonic, Expiry::After(delay), None)
+    }
+
+    /// The exit of the process `pidfd` refers to (any process the caller
+    /// holds a pidfd of).
+    pub const fn process_exit(pidfd: BorrowedFd<'fd>) -> Source<'fd> {
+        Source::ProcessExit {
+            process: Process::Pidfd(pidfd),
+        }
+    }
+
+    /// The exit of the calling process's child `pid`.
+    pub const fn child_exit(pid: libc::pid_t) -> Source<'fd> {
+        Source::ProcessExit {
+            process: Process::Child(pid),
+        }
     }
 
     /// A timer that expires every `period` ([`Clock::Monotonic`]), the
@@ -444,6 +481,19 @@ pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_
                 interval_ns: interval.map_or(0, ns),
             };
         }
+        Source::ProcessExit { process } => {
+            attr.source = SourceKind::ProcessExit.raw();
+            let (pidfd, pid) = match process {
+                Process::Pidfd(fd) => (fd.as_raw_fd(), 0),
+                Process::Child(pid) => (-1, pid),
+            };
+            attr.__bindgen_anon_1.process = uapi::aem_process_source {
+                pidfd,
+                pid,
+                flags: 0,
+                reserved: 0,
+            };
+        }
     }
     attr
 }
@@ -596,6 +646,14 @@ pub enum EventData {
     },
     /// One TCP state change.
     SocketState(StateChange),
+    /// A process exited: its status, as `waitpid(2)` would have given it
+    /// (`ExitStatusExt::code`, `::signal`, `::core_dumped` read it), or
+    /// `None` when it was reaped before the event was registered and its
+    /// status is gone.
+    ProcessExit {
+        /// How it ended.
+        status: Option<ExitStatus>,
+    },
     /// A source this crate does not know yet.
     Other {
         /// The record's source number.
@@ -603,6 +661,19 @@ pub enum EventData {
         /// Its raw data.
         data: [u64; 2],
     },
+}
+
+/// The status of a process-exit record: `si_code` and `si_status` in,
+/// the wait status `waitpid(2)` gives out.
+fn exit_status(data: [u64; 2]) -> Option<ExitStatus> {
+    let status = (data[1] & 0xff) as i32;
+    let raw = match data[0] as i32 {
+        libc::CLD_EXITED => status << 8,
+        libc::CLD_KILLED => status & 0x7f,
+        libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+        _ => return None,
+    };
+    Some(ExitStatus::from_raw(raw))
 }
 
 /// Equal when of the same source with equal data; two accepted
@@ -629,6 +700,7 @@ impl PartialEq for EventData {
             }
             (D::Read { result: a }, D::Read { result: b }) => a == b,
             (D::SocketState(a), D::SocketState(b)) => a == b,
+            (D::ProcessExit { status: a }, D::ProcessExit { status: b }) => a == b,
             (D::Other { source: a, data: c }, D::Other { source: b, data: d }) => a == b && c == d,
             _ => false,
         }
@@ -698,6 +770,9 @@ impl Record {
             s if s == SourceKind::SocketState.raw() => {
                 EventData::SocketState(StateChange::from_record(r.data, r.count))
             }
+            s if s == SourceKind::ProcessExit.raw() => EventData::ProcessExit {
+                status: exit_status(r.data),
+            },
             source => EventData::Other {
                 source,
                 data: r.data,

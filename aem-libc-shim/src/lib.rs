@@ -139,8 +139,8 @@ pub use critical::{critical, critical_depth, critical_section, CriticalSection};
 pub use dispatch::{dispatch, on_event, DispatchRegistration};
 pub use error::{Errno, Error};
 pub use event::{
-    context_fd, register, wait, Clock, EventData, Expiry, FdEvents, Options, Record, Registration,
-    Source, ONSTACK_MIN_SIZE,
+    context_fd, register, wait, Clock, EventData, Expiry, FdEvents, Options, Process, Record,
+    Registration, Source, ONSTACK_MIN_SIZE,
 };
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
 pub use inline::{

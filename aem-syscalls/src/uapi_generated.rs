@@ -169,7 +169,29 @@ const _: () = {
     ["Offset of field: aem_socket_source::flags"]
         [::core::mem::offset_of!(aem_socket_source, flags) - 4usize];
 };
-#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the inline handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @raw:       the union's size; unused bytes must be 0."]
+#[doc = " struct aem_process_source - AEM_SOURCE_PROCESS_EXIT arguments\n @pidfd:    a pidfd of the process to watch (pidfd_open(2), CLONE_PIDFD):\n            any process, under pidfd's rules; not a thread's pidfd\n            (PIDFD_THREAD).  -1 to name a child by @pid instead.\n @pid:      with @pidfd -1: a child of the calling process (ECHILD\n            otherwise), in the caller's pid namespace.  0 with a pidfd.\n @flags:    must be 0.\n @reserved: must be 0.\n\n The event fires once, when the process has exited as a whole.  Its\n record holds the status as waitid(2) reports it: data\\[0\\] is si_code\n (CLD_EXITED, CLD_KILLED or CLD_DUMPED), data\\[1\\] si_status (the exit\n code or the signal).  A process already gone when registered fires at\n once: with its status while it is a zombie, with data\\[0\\] 0 (no status\n to tell) once it was reaped.  The event does not reap the process."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_process_source {
+    pub pidfd: __s32,
+    pub pid: __s32,
+    pub flags: __u32,
+    pub reserved: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_process_source"][::core::mem::size_of::<aem_process_source>() - 16usize];
+    ["Alignment of aem_process_source"][::core::mem::align_of::<aem_process_source>() - 4usize];
+    ["Offset of field: aem_process_source::pidfd"]
+        [::core::mem::offset_of!(aem_process_source, pidfd) - 0usize];
+    ["Offset of field: aem_process_source::pid"]
+        [::core::mem::offset_of!(aem_process_source, pid) - 4usize];
+    ["Offset of field: aem_process_source::flags"]
+        [::core::mem::offset_of!(aem_process_source, flags) - 8usize];
+    ["Offset of field: aem_process_source::reserved"]
+        [::core::mem::offset_of!(aem_process_source, reserved) - 12usize];
+};
+#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the inline handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @process:   source arguments for AEM_SOURCE_PROCESS_EXIT.\n @raw:       the union's size; unused bytes must be 0."]
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct aem_event_attr {
@@ -190,6 +212,7 @@ pub union aem_event_attr__bindgen_ty_1 {
     pub accept: aem_accept_source,
     pub read: aem_read_source,
     pub socket: aem_socket_source,
+    pub process: aem_process_source,
     pub raw: [__u64; 6usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -208,6 +231,8 @@ const _: () = {
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, read) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::socket"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, socket) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::process"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, process) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::raw"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, raw) - 0usize];
 };

@@ -384,14 +384,15 @@ impl<'a> Worker<'a> {
         }
         let r = &mut self.rng;
         let mut a = [0u64; 11];
-        let source = match r.weighted(&[25, 10, 12, 10, 30, 3, 5, 3]) {
+        let source = match r.weighted(&[25, 10, 12, 10, 30, 8, 3, 5, 3]) {
             0 => uapi::aem_source_kind::AEM_SOURCE_FD,
             1 => uapi::aem_source_kind::AEM_SOURCE_ACCEPT,
             2 => uapi::aem_source_kind::AEM_SOURCE_READ,
             3 => uapi::aem_source_kind::AEM_SOURCE_SOCKET_STATE,
             4 => uapi::aem_source_kind::AEM_SOURCE_TIMER,
-            5 => 0,
-            6 => r.range(6, 11) as u32,
+            5 => uapi::aem_source_kind::AEM_SOURCE_PROCESS_EXIT,
+            6 => 0,
+            7 => r.range(7, 11) as u32,
             _ => r.next_u32(),
         };
         let mut flags = 0u32;
@@ -546,6 +547,16 @@ impl<'a> Worker<'a> {
                 a[5] = u64::from(clock) | (u64::from(tflags) << 32);
                 a[6] = value;
                 a[7] = interval;
+            }
+            uapi::aem_source_kind::AEM_SOURCE_PROCESS_EXIT => {
+                let (pidfd, pid) = self.process_target();
+                let (fl, reserved) = if self.rng.chance(1, 10) {
+                    (self.rng.next_u32(), self.rng.next_u32())
+                } else {
+                    (0, 0)
+                };
+                a[5] = u64::from(pidfd as u32) | (u64::from(pid as u32) << 32);
+                a[6] = u64::from(fl) | (u64::from(reserved) << 32);
             }
             _ => {
                 for w in a.iter_mut().skip(5) {
@@ -1408,6 +1419,75 @@ impl<'a> Worker<'a> {
 
     // ---- processes, threads, the system ----
 
+    /// The process a process-exit registration names: (pidfd, pid), with
+    /// pidfd -1 for a child by pid.  Children that exit within
+    /// milliseconds (with a random code, or killed by a random signal),
+    /// by pid or by pidfd; this process or its parent by pidfd; any
+    /// descriptor as a pidfd; pids that are not children.
+    fn process_target(&mut self) -> (i32, i32) {
+        match self.rng.below(8) {
+            0..=2 => {
+                let child = self.short_lived_child();
+                if self.rng.chance(1, 2) {
+                    return (-1, child);
+                }
+                // SAFETY: no pointers.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) } as i32;
+                self.add_fd(fd, Kind::Other);
+                (fd, 0)
+            }
+            3 => {
+                let who = if self.rng.chance(1, 2) {
+                    sys::getpid()
+                } else {
+                    // SAFETY: no arguments.
+                    unsafe { libc::getppid() }
+                };
+                let flags = if self.rng.chance(1, 4) {
+                    libc::O_EXCL as u32 // PIDFD_THREAD
+                } else {
+                    0
+                };
+                // SAFETY: no pointers.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, who, flags) } as i32;
+                self.add_fd(fd, Kind::Other);
+                (fd, 0)
+            }
+            4 => (self.any_fd(), 0),
+            5 => (-1, self.rng.range(1, 500) as i32),
+            _ => (
+                self.rng.interesting_u64() as i32,
+                self.rng.interesting_u64() as i32,
+            ),
+        }
+    }
+
+    /// A child that exits within a few milliseconds, or -1; reaped by
+    /// [`Self::reap`].
+    fn short_lived_child(&mut self) -> i32 {
+        if self.child {
+            return -1;
+        }
+        let delay_us = self.rng.below(3000) as u32;
+        let code = self.rng.below(256) as i32;
+        let signal =
+            [0, 0, libc::SIGKILL, libc::SIGTERM, libc::SIGSEGV][self.rng.below(5) as usize];
+        // SAFETY: the child makes only async-signal-safe calls and leaves
+        // with _exit (or dies of the signal).
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::usleep(delay_us);
+                if signal != 0 {
+                    libc::signal(signal, libc::SIG_DFL);
+                    libc::raise(signal);
+                }
+                libc::_exit(code);
+            }
+            pid
+        }
+    }
+
     fn reap(&mut self) {
         loop {
             let mut status = 0;
@@ -1607,7 +1687,7 @@ impl<'a> Worker<'a> {
 /// reserved or stray bits, a timer that the kernel takes.
 fn sanitize(a: &mut [u64; 11]) {
     let mut source = (a[0] & 0xffff_ffff) as u32;
-    if !(1..=5).contains(&source) {
+    if !(1..=6).contains(&source) {
         source = uapi::aem_source_kind::AEM_SOURCE_TIMER;
     }
     let mut flags = ((a[0] >> 32) as u32) & 0x3f;
@@ -1647,6 +1727,10 @@ fn sanitize(a: &mut [u64; 11]) {
         let len = (a[5] >> 32).clamp(1, 1 << 16);
         a[5] = (a[5] & 0xffff_ffff) | (len << 32);
         a[7..].fill(0);
+    } else if source == uapi::aem_source_kind::AEM_SOURCE_PROCESS_EXIT {
+        // An exit happens once: no level.
+        flags &= !uapi::AEM_EV_LEVEL;
+        a[6..].fill(0);
     } else {
         a[6..].fill(0);
     }
