@@ -184,6 +184,7 @@ pub fn errno_name(slot: usize) -> String {
         (libc::ESRCH, "ESRCH"),
         (libc::EINTR, "EINTR"),
         (libc::EBADF, "EBADF"),
+        (libc::ECHILD, "ECHILD"),
         (libc::EAGAIN, "EAGAIN"),
         (libc::ENOMEM, "ENOMEM"),
         (libc::EFAULT, "EFAULT"),
