@@ -667,10 +667,14 @@ pub enum EventData {
 /// the wait status `waitpid(2)` gives out.
 fn exit_status(data: [u64; 2]) -> Option<ExitStatus> {
     let status = (data[1] & 0xff) as i32;
+    // A wait status keeps a signal in 7 bits, where 0 means "exited" and
+    // 0x7f "stopped": neither is a signal that killed anything.
+    let signal = status & 0x7f;
     let raw = match data[0] as i32 {
         libc::CLD_EXITED => status << 8,
-        libc::CLD_KILLED => status & 0x7f,
-        libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+        libc::CLD_KILLED | libc::CLD_DUMPED if signal == 0 || signal == 0x7f => return None,
+        libc::CLD_KILLED => signal,
+        libc::CLD_DUMPED => signal | 0x80,
         _ => return None,
     };
     Some(ExitStatus::from_raw(raw))

@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
+use std::os::unix::process::ExitStatusExt;
 
 use aem::{EventData, FdEvents, TcpState};
 use aem_syscalls::uapi;
@@ -61,6 +62,12 @@ proptest! {
         } else {
             d0
         };
+        // A process-exit record's si_code is one of a few small numbers:
+        // hit CLD_EXITED, CLD_KILLED, CLD_DUMPED and some that are none.
+        let exit = source == uapi::aem_source_kind::AEM_SOURCE_PROCESS_EXIT;
+        let d0 = if exit { d0 % 5 } else { d0 };
+        // ... and signals 0 and 0x7f, which a wait status cannot tell.
+        let d1 = if exit && d1 % 4 == 0 { (d1 & !0x7f) | (((d1 >> 8) & 1) * 0x7f) } else { d1 };
         let raw = uapi::aem_record { id, source, cookie, count, data: [d0, d1] };
         // SAFETY: an accept record's descriptor is a new one handed over.
         let rec = unsafe { aem::Record::from_raw(&raw) };
@@ -91,9 +98,22 @@ proptest! {
                 prop_assert_eq!(change.new, TcpState::from(((d0 >> 8) & 0xff) as u8));
                 prop_assert_eq!(change.count, count);
             }
+            EventData::ProcessExit { status } => {
+                prop_assert!(exit);
+                let status = status.map(|s| (s.code(), s.signal(), s.core_dumped()));
+                let (code, sig) = ((d1 & 0xff) as i32, (d1 & 0x7f) as i32);
+                let expected = match d0 as i32 {
+                    libc::CLD_EXITED => Some((Some(code), None, false)),
+                    libc::CLD_KILLED | libc::CLD_DUMPED if sig == 0 || sig == 0x7f => None,
+                    libc::CLD_KILLED => Some((None, Some(sig), false)),
+                    libc::CLD_DUMPED => Some((None, Some(sig), true)),
+                    _ => None,
+                };
+                prop_assert_eq!(status, expected);
+            }
             EventData::Other { source: s, data } => {
                 prop_assert_eq!((s, data), (source, [d0, d1]));
-                prop_assert!(![1, 2, 3, 4, 5].contains(&source), "source {} not decoded", source);
+                prop_assert!(![1, 2, 3, 4, 5, 6].contains(&source), "source {} not decoded", source);
             }
             other => prop_assert!(false, "a variant this test does not know: {:?}", other),
         }
