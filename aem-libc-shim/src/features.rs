@@ -25,13 +25,17 @@ impl FeatureSet {
     pub const INLINE: FeatureSet = FeatureSet(uapi::AEM_FEATURE_INLINE as u64);
     /// `aem_thread_area()`: blocking delivery without a system call.
     pub const THREAD_AREA: FeatureSet = FeatureSet(uapi::AEM_FEATURE_THREAD_AREA as u64);
+    /// Handler pools: `AEM_EV_POOL` and `aem_wait(AEM_WAIT_SERVE)`
+    /// ([`crate::Pool`]).
+    pub const POOL: FeatureSet = FeatureSet(uapi::AEM_FEATURE_POOL as u64);
 
-    const NAMED: [(FeatureSet, &'static str); 5] = [
+    const NAMED: [(FeatureSet, &'static str); 6] = [
         (FeatureSet::QUERY, "QUERY"),
         (FeatureSet::REGISTER, "REGISTER"),
         (FeatureSet::WAIT, "WAIT"),
         (FeatureSet::INLINE, "INLINE"),
         (FeatureSet::THREAD_AREA, "THREAD_AREA"),
+        (FeatureSet::POOL, "POOL"),
     ];
 
     /// The raw bits, as the kernel reported them (unknown bits included).

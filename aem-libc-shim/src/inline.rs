@@ -39,7 +39,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn raw(self) -> i64 {
+    pub(crate) fn raw(self) -> i64 {
         i64::from(match self {
             Action::Rearm => uapi::AEM_HANDLER_REARM,
             Action::Disarm => uapi::AEM_HANDLER_DISARM,
@@ -80,6 +80,11 @@ unsafe extern "C" {
     fn aem_shim_restorer();
 }
 
+/// The address every handler of this crate returns to.
+pub(crate) fn restorer_address() -> u64 {
+    aem_shim_restorer as *const () as u64
+}
+
 thread_local! {
     /// The handler running on this thread, or null.
     static RUNNING: Cell<*mut Handler> = const { Cell::new(ptr::null_mut()) };
@@ -87,18 +92,62 @@ thread_local! {
     static RETIRED: Cell<bool> = const { Cell::new(false) };
     /// The id of its event (meaningful while `RUNNING` is not null).
     static RUNNING_EVENT: Cell<u32> = const { Cell::new(0) };
+    /// The id of the pool event whose handler runs on this thread, or 0.
+    static RUNNING_POOL_EVENT: Cell<u32> = const { Cell::new(0) };
 }
 
 /// The id of the event whose inline handler runs on this thread, if one
 /// does.
 pub(crate) fn running_event() -> Option<u32> {
-    in_handler().then(|| RUNNING_EVENT.get())
+    match RUNNING_POOL_EVENT.get() {
+        0 => in_handler().then(|| RUNNING_EVENT.get()),
+        id => Some(id),
+    }
 }
 
 /// Whether the calling code runs inside an inline handler (on this
-/// thread).
+/// thread), a pool handler ([`crate::Pool`]) included.
 pub fn in_handler() -> bool {
-    !RUNNING.get().is_null()
+    !RUNNING.get().is_null() || RUNNING_POOL_EVENT.get() != 0
+}
+
+/// Run a handler's closure as every entry does: a panic aborts the
+/// program (it must not unwind into the kernel's frame), and in debug
+/// builds so does a handler that returns with a critical section open.
+pub(crate) fn call_handler(
+    id: u32,
+    closure: &mut (dyn FnMut(&mut Record) -> Action + Send),
+    record: &mut Record,
+) -> Action {
+    let depth = crate::critical_depth();
+    let action = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| closure(record)))
+        .unwrap_or_else(|payload| {
+            // Straight to fd 2: std's stderr may be captured (tests) or in
+            // use by the interrupted code.  Nothing here allocates (the
+            // payload is only looked at), and the abort skips its drop.
+            // (With aem::panic's hook installed, the hook reported the
+            // panic and aborted already, before any unwinding.)
+            let why = crate::panic::payload_str(&*payload);
+            crate::eprintln!("aem: the handler of event {id} panicked: {why}; aborting");
+            std::process::abort()
+        });
+    if cfg!(debug_assertions) && crate::critical_depth() != depth {
+        // Its thread's events would stay blocked for good: a bug to
+        // report where it is, not to debug later.
+        crate::eprintln!(
+            "aem: the handler of event {id} returned with {} critical \
+             section(s) still open; aborting",
+            crate::critical_depth().wrapping_sub(depth)
+        );
+        std::process::abort();
+    }
+    action
+}
+
+/// Mark the pool event `id` (0: none) as the one whose handler runs on
+/// this thread.
+pub(crate) fn set_running_pool_event(id: u32) {
+    RUNNING_POOL_EVENT.set(id);
 }
 
 /// Mark a function as not safe to call from an inline handler: in debug
@@ -140,34 +189,7 @@ extern "C" fn aem_shim_entry(_id: i64, rec: *const uapi::aem_record, _uc: *mut c
     // thread at once, and a registration's handler runs only on its
     // registering thread.
     let handler = unsafe { &mut *raw };
-    let depth = crate::critical_depth();
-    let action = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        (handler.closure)(&mut record)
-    }))
-    .unwrap_or_else(|payload| {
-        // Straight to fd 2: std's stderr may be captured (tests) or in
-        // use by the interrupted code.  Nothing here allocates (the
-        // payload is only looked at), and the abort skips its drop.
-        // (With aem::panic's hook installed, the hook reported the
-        // panic and aborted already, before any unwinding.)
-        let why = crate::panic::payload_str(&*payload);
-        crate::eprintln!(
-            "aem: the inline handler of event {} panicked: {why}; aborting",
-            record.id
-        );
-        std::process::abort()
-    });
-    if cfg!(debug_assertions) && crate::critical_depth() != depth {
-        // Its thread's events would stay blocked for good: a bug to
-        // report where it is, not to debug later.
-        crate::eprintln!(
-            "aem: the inline handler of event {} returned with {} critical \
-             section(s) still open; aborting",
-            record.id,
-            crate::critical_depth().wrapping_sub(depth)
-        );
-        std::process::abort();
-    }
+    let action = call_handler(record.id, &mut *handler.closure, &mut record);
     RUNNING.set(ptr::null_mut());
     if handler.oneshot || action == Action::Unregister {
         handler.ended.set(true);
@@ -335,6 +357,24 @@ fn warn_unless_handler_safe_alloc() {
 ///
 /// As for [`register_inline`]: `handler` must keep its contract.
 pub(crate) unsafe fn register_inline_attr<F>(
+    attr: uapi::aem_event_attr,
+    handler: F,
+) -> Result<InlineRegistration, Error>
+where
+    F: FnMut(&mut Record) -> Action + Send + 'static,
+{
+    warn_unless_handler_safe_alloc();
+    // SAFETY: our caller keeps the contract for `handler`.
+    unsafe { register_inline_quiet(attr, handler) }
+}
+
+/// [`register_inline_attr`] without the allocator warning, for this
+/// crate's own handlers that do not allocate.
+///
+/// # Safety
+///
+/// As for [`register_inline`]: `handler` must keep its contract.
+pub(crate) unsafe fn register_inline_quiet<F>(
     mut attr: uapi::aem_event_attr,
     handler: F,
 ) -> Result<InlineRegistration, Error>
@@ -349,10 +389,9 @@ where
         oneshot: attr.flags & uapi::AEM_EV_ONESHOT != 0,
         ended: Cell::new(false),
     });
-    warn_unless_handler_safe_alloc();
     let handler = Box::into_raw(boxed);
     attr.handler = aem_shim_entry as *const () as u64;
-    attr.restorer = aem_shim_restorer as *const () as u64;
+    attr.restorer = restorer_address();
     attr.cookie = handler as u64;
     // SAFETY: `attr` is a live aem_event_attr of exactly the size passed.
     match unsafe { aem_syscalls::aem_register(&attr, size_of::<uapi::aem_event_attr>(), 0) } {

@@ -45,6 +45,9 @@
 //!   socket sources, typed: the kernel accepts, reads, or reports TCP
 //!   state changes, and the closure gets an `OwnedFd`, the bytes, or a
 //!   [`StateChange`].
+//! - [`Pool`], [`PoolRegistration`]: closures the kernel runs on a set of
+//!   threads the pool owns (a handler pool), highest priority first,
+//!   where, as in [`dispatch`], any Rust works.
 //! - [`on_signals`] (`unsafe`): signals as events, handled by closures
 //!   that may do what any inline handler may.
 //! - [`critical_section`], [`critical`]: code handlers must not
@@ -124,6 +127,7 @@ pub mod io;
 pub mod log;
 mod owner;
 pub mod panic;
+mod pool;
 mod read;
 mod signal;
 mod socket;
@@ -146,6 +150,7 @@ pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
 pub use inline::{
     block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
 };
+pub use pool::{Pool, PoolRegistration};
 pub use read::{register_read, ReadRegistration};
 pub use signal::{on_signals, Signal, SignalRegistration};
 pub use socket::{

@@ -397,14 +397,15 @@ impl<'a> Worker<'a> {
         };
         let mut flags = 0u32;
         if r.chance(3, 5) {
-            for bit in 0..6 {
+            // Up to AEM_EV_POOL (bit 6).
+            for bit in 0..7 {
                 if r.chance(1, 5) {
                     flags |= 1 << bit;
                 }
             }
         }
         if r.chance(1, 30) {
-            flags |= 1 << r.range(6, 31);
+            flags |= 1 << r.range(7, 31);
         }
         let prio = match r.below(10) {
             0..=5 => r.below(50) as u32,
@@ -439,8 +440,8 @@ impl<'a> Worker<'a> {
             }
         };
         if !inline && r.chance(9, 10) {
-            // ONSTACK and NOBOOST are for inline handlers.
-            flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST);
+            // ONSTACK, NOBOOST and POOL are for inline handlers.
+            flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST | uapi::AEM_EV_POOL);
         }
         a[0] = u64::from(source) | (u64::from(flags) << 32);
         a[1] = u64::from(prio)
@@ -628,7 +629,7 @@ impl<'a> Worker<'a> {
     }
 
     fn ctl(&mut self) {
-        let op = match self.rng.weighted(&[20, 20, 20, 8, 4, 8, 8, 6, 6]) {
+        let op = match self.rng.weighted(&[20, 20, 20, 8, 4, 8, 8, 6, 3, 6]) {
             0 => uapi::AEM_CTL_ENABLE,
             1 => uapi::AEM_CTL_DISABLE,
             2 => uapi::AEM_CTL_SET_PRIORITY,
@@ -637,10 +638,11 @@ impl<'a> Worker<'a> {
             5 => uapi::AEM_CTL_BLOCK,
             6 => uapi::AEM_CTL_UNBLOCK,
             7 => uapi::AEM_CTL_DELIVER,
+            8 => uapi::AEM_CTL_END_WAIT,
             _ => self.rng.next_u32() % 16,
         };
         let mut id = self.some_id();
-        if (uapi::AEM_CTL_CONTEXT_FD..=uapi::AEM_CTL_DELIVER).contains(&op)
+        if (uapi::AEM_CTL_CONTEXT_FD..=uapi::AEM_CTL_END_WAIT).contains(&op)
             && self.rng.chance(9, 10)
         {
             id = 0;
@@ -757,6 +759,9 @@ impl<'a> Worker<'a> {
         let odd = self.rng.chance(1, 10);
         let args = if odd {
             [self.rng.below(2) * self.own, self.rng.below(2), 0, 1, 0, 0]
+        } else if self.rng.chance(1, 2) {
+            // Serve: run the process's pool events too.
+            [0, 0, 0, u64::from(uapi::AEM_WAIT_SERVE), 0, 0]
         } else {
             [0, 0, 0, u64::from(uapi::AEM_WAIT_KEEPALIVE), 0, 0]
         };
@@ -1690,12 +1695,12 @@ fn sanitize(a: &mut [u64; 11]) {
     if !(1..=6).contains(&source) {
         source = uapi::aem_source_kind::AEM_SOURCE_TIMER;
     }
-    let mut flags = ((a[0] >> 32) as u32) & 0x3f;
+    let mut flags = ((a[0] >> 32) as u32) & 0x7f;
     let inline = a[2] != 0 && a[3] != 0;
     if !inline {
         a[2] = 0;
         a[3] = 0;
-        flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST);
+        flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST | uapi::AEM_EV_POOL);
     } else {
         a[2] = handler::handler();
         a[3] = handler::restorer();
@@ -1801,8 +1806,8 @@ mod tests {
             sanitize(&mut a);
             let source = a[0] as u32;
             let flags = (a[0] >> 32) as u32;
-            assert!((1..=5).contains(&source));
-            assert_eq!(flags & !0x3f, 0);
+            assert!((1..=6).contains(&source));
+            assert_eq!(flags & !0x7f, 0);
             assert!(a[1] < 100, "priority and reserved0");
             assert_eq!(a[2] == 0, a[3] == 0, "handler and restorer go together");
             if source == uapi::aem_source_kind::AEM_SOURCE_TIMER {
