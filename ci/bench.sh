@@ -20,6 +20,10 @@
 #   PERF-6  event -> handler latency with two CPU hogs per CPU: boosted
 #           AEM handler vs unboosted vs a SCHED_FIFO epoll thread
 #           (aem-bench perf6), both lenses
+#   EXEC-3  handler pools: event -> handler latency on an idle pool thread
+#           and request throughput with 4 pool threads, LIFO and FIFO
+#           wake order, vs an epoll thread feeding 4 workers through a
+#           channel (aem-bench exec3), both lenses
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -107,6 +111,8 @@ echo
 AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench perf6
 cyclictest_row env AEM_ACCEL=tcg
 echo
+AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench exec3
+echo
 perf4 env AEM_ACCEL=tcg
 echo
 echo "== icount lens (-icount shift=0,sleep=off, -smp 1)"
@@ -120,5 +126,7 @@ icount qemu/guest.sh --file "$bench" aem-bench perf5
 echo
 icount qemu/guest.sh --file "$bench" aem-bench perf6
 cyclictest_row icount
+echo
+icount qemu/guest.sh --file "$bench" aem-bench exec3
 echo
 perf4 icount

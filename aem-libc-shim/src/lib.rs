@@ -150,7 +150,7 @@ pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
 pub use inline::{
     block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
 };
-pub use pool::{Pool, PoolRegistration};
+pub use pool::{Pool, PoolRegistration, WakeOrder};
 pub use read::{register_read, ReadRegistration};
 pub use signal::{on_signals, Signal, SignalRegistration};
 pub use socket::{

@@ -272,8 +272,32 @@ fn end_wait() {
     let _ = aem_syscalls::aem_ctl(0, uapi::AEM_CTL_END_WAIT, 0);
 }
 
+/// Which idle pool thread the kernel wakes for a pool event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WakeOrder {
+    /// The most recently idle thread, as an I/O completion port wakes
+    /// threads: its cache and stack are the warmest, and under a light
+    /// load the other threads stay asleep.
+    #[default]
+    MostRecentlyIdle,
+    /// The longest idle thread: the threads take events in turn, which
+    /// spreads the load evenly (`AEM_WAIT_ROUND_ROBIN`).  In a process
+    /// whose pools differ, threads of `MostRecentlyIdle` pools are woken
+    /// first.
+    RoundRobin,
+}
+
+impl WakeOrder {
+    fn wait_flags(self) -> u32 {
+        match self {
+            WakeOrder::MostRecentlyIdle => uapi::AEM_WAIT_SERVE,
+            WakeOrder::RoundRobin => uapi::AEM_WAIT_SERVE | uapi::AEM_WAIT_ROUND_ROBIN,
+        }
+    }
+}
+
 /// Serve until [`end_wait`]; what the pool threads run.
-fn serve(stop: OwnedFd, ready: std::sync::mpsc::Sender<Result<(), Error>>) {
+fn serve(stop: OwnedFd, order: WakeOrder, ready: std::sync::mpsc::Sender<Result<(), Error>>) {
     let source = Source::fd(stop.as_fd(), FdEvents::IN);
     // SAFETY: the handler makes one system call and touches nothing else.
     let registration = unsafe {
@@ -298,7 +322,7 @@ fn serve(stop: OwnedFd, ready: std::sync::mpsc::Sender<Result<(), Error>>) {
                 core::ptr::null_mut(),
                 0,
                 core::ptr::null(),
-                uapi::AEM_WAIT_SERVE,
+                order.wait_flags(),
             )
         } {
             Ok(_) => break,
@@ -320,10 +344,15 @@ fn io_error(e: std::io::Error) -> Error {
 
 impl Pool {
     /// Start `threads` pool threads (named `aem-pool`), each serving once
-    /// this returns.  Fails with `EINVAL` for 0 threads, with `EOPNOTSUPP`
-    /// when the kernel has no handler pools, or as thread creation and
-    /// registration do.
+    /// this returns, woken most recently idle first.  Fails with `EINVAL`
+    /// for 0 threads, with `EOPNOTSUPP` when the kernel has no handler
+    /// pools, or as thread creation and registration do.
     pub fn new(threads: usize) -> Result<Pool, Error> {
+        Pool::with_wake_order(threads, WakeOrder::MostRecentlyIdle)
+    }
+
+    /// As [`Pool::new`], with the threads woken in `order`.
+    pub fn with_wake_order(threads: usize, order: WakeOrder) -> Result<Pool, Error> {
         if threads == 0 {
             return Err(Error::Os(Errno(libc::EINVAL)));
         }
@@ -344,7 +373,7 @@ impl Pool {
             let (ready, started) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name("aem-pool".into())
-                .spawn(move || serve(theirs, ready))
+                .spawn(move || serve(theirs, order, ready))
                 .map_err(io_error)?;
             pool.workers.push(Worker {
                 stop,

@@ -41,6 +41,7 @@ pub const AEM_HANDLER_DISARM: u32 = 1;
 pub const AEM_HANDLER_UNREGISTER: u32 = 2;
 pub const AEM_WAIT_KEEPALIVE: u32 = 1;
 pub const AEM_WAIT_SERVE: u32 = 2;
+pub const AEM_WAIT_ROUND_ROBIN: u32 = 4;
 pub const AEM_SOCKET_QUEUE: u32 = 16;
 pub const AEM_WAIT_MAX_RECORDS: u32 = 1024;
 pub const __NR_aem_query: u32 = 1000;

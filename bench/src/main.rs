@@ -16,6 +16,8 @@
 //!
 //! `aem-bench perf2` and `aem-bench perf3`: see `scale.rs`.  `aem-bench
 //! perf5` (blocking delivery vs a sigprocmask pair): see `blocking.rs`.
+//! `aem-bench exec3` (handler pools vs an epoll thread feeding workers):
+//! see `pool.rs`.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -278,6 +280,7 @@ fn io_uring_waiter(efd: &OwnedFd) -> Waiter {
 
 mod blocking;
 mod contention;
+mod pool;
 mod scale;
 
 fn main() {
@@ -297,8 +300,9 @@ fn main() {
         "perf3" => scale::perf3(),
         "perf5" => blocking::perf5(),
         "perf6" => contention::perf6(),
+        "exec3" => pool::exec3(),
         other => {
-            eprintln!("usage: aem-bench [perf1|perf2|perf3|perf5|perf6] (not {other:?})");
+            eprintln!("usage: aem-bench [perf1|perf2|perf3|perf5|perf6|exec3] (not {other:?})");
             std::process::exit(2);
         }
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::S
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use aem::{Action, FdEvents, Options, Pool, Source};
+use aem::{Action, FdEvents, Options, Pool, Source, WakeOrder};
 use aem_conformance::{eventfd, eventfd_add, in_child, in_child_status, proc_aem, proc_row};
 use aem_syscalls::uapi;
 
@@ -293,6 +293,36 @@ fn exec_3_the_most_recently_idle_thread_takes_the_next_event() {
 }
 
 #[test]
+fn exec_3_a_round_robin_pool_wakes_its_threads_in_turn() {
+    let pool = Pool::with_wake_order(3, WakeOrder::RoundRobin).unwrap();
+    let efd = eventfd();
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let (t, theirs) = (tids.clone(), efd.try_clone().unwrap());
+    let _reg = pool
+        .on_event(readable(&efd), Options::new(), move |_| {
+            drain(&theirs);
+            t.lock().unwrap().push(gettid());
+            Action::Rearm
+        })
+        .unwrap();
+    for i in 1..=12 {
+        until("an idle pool", || pool_line().0 == 3);
+        eventfd_add(&efd, 1);
+        until("the handler", || tids.lock().unwrap().len() == i);
+    }
+    let tids = tids.lock().unwrap();
+    // FIFO: the longest idle thread is woken, so the three take turns.
+    let mut first: Vec<i64> = tids[..3].to_vec();
+    first.sort_unstable();
+    first.dedup();
+    assert_eq!(first.len(), 3, "not all threads took a turn: {tids:?}");
+    assert!(
+        (3..tids.len()).all(|i| tids[i] == tids[i - 3]),
+        "the threads did not take turns: {tids:?}"
+    );
+}
+
+#[test]
 fn exec_3_a_pool_thread_runs_at_its_event_priority_and_drops_it_after() {
     fn stat_priority() -> i64 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
@@ -428,6 +458,21 @@ fn exec_3_bad_pool_arguments_are_refused() {
                 core::ptr::null(),
                 uapi::AEM_WAIT_SERVE | uapi::AEM_WAIT_KEEPALIVE
             ),
+            einval.map(|()| 0)
+        );
+        // Round robin is a way to serve, nothing else.
+        for flags in [
+            uapi::AEM_WAIT_ROUND_ROBIN,
+            uapi::AEM_WAIT_ROUND_ROBIN | uapi::AEM_WAIT_KEEPALIVE,
+        ] {
+            assert_eq!(
+                aem_wait(core::ptr::null_mut(), 0, core::ptr::null(), flags),
+                einval.map(|()| 0),
+                "flags {flags:#x}"
+            );
+        }
+        assert_eq!(
+            aem_wait(&mut rec, 1, &ts, uapi::AEM_WAIT_ROUND_ROBIN),
             einval.map(|()| 0)
         );
     }
