@@ -239,8 +239,16 @@ struct Worker {
 
 /// A set of threads that run pool events' handlers (EXEC-3).  Dropping it
 /// stops its threads, each once its running handler returns, and waits
-/// for them.  Pool events outlive it: registered in the process, they wait
-/// for the next pool's threads.
+/// for them (all but the calling thread, when one of its own handlers
+/// drops it).  Pool events outlive it: registered in the process, they
+/// wait for the next pool's threads.
+///
+/// A handler's [`Action`] is applied when it returns: an
+/// [`PoolRegistration::enable`] by another thread while the handler runs
+/// is undone by its [`Action::Disarm`].  A handler that may race with an
+/// enable disables its event with [`PoolRegistration::disable`] (under the
+/// lock the enabler takes) and returns [`Action::Rearm`], which leaves a
+/// disabled event disabled.
 ///
 /// ```no_run
 /// use std::sync::Mutex;
@@ -440,9 +448,14 @@ impl Drop for Pool {
             // overflow, which one write per worker never makes it.
             let _ = nix::unistd::write(&worker.stop, &1u64.to_ne_bytes());
         }
+        let me = std::thread::current().id();
         for worker in &mut self.workers {
             if let Some(thread) = worker.thread.take() {
-                let _ = thread.join();
+                // Dropped by one of its own handlers: that thread stops
+                // once the handler returns; it cannot wait for itself.
+                if thread.thread().id() != me {
+                    let _ = thread.join();
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
 //! SHIM-1: the example programs written with the safe `aem` API alone
 //! (`examples/echo-server`, `examples/tokio-server`,
-//! `examples/periodic-timer`), run as they ship, from the guest's PATH
-//! (the rootfs).
+//! `examples/periodic-timer`), and EXEC-3's worker-pool server
+//! (`examples/pool-server`), run as they ship, from the guest's PATH (the
+//! rootfs).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -26,9 +27,9 @@ fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
     }
 }
 
-/// A running echo server (`aem-echo-server`, or `aem-tokio-echo`, which
-/// speaks the same) on an ephemeral port; killed if a test fails before
-/// [`EchoServer::stop`].
+/// A running echo server (`aem-echo-server`, or `aem-tokio-echo` or
+/// `aem-pool-server`, which speak the same) on an ephemeral port; killed
+/// if a test fails before [`EchoServer::stop`].
 struct EchoServer {
     child: Child,
     out: BufReader<ChildStdout>,
@@ -66,6 +67,19 @@ impl EchoServer {
     /// Its registrations, as `/proc/<pid>/aem` lists them.
     fn registrations(&self) -> Vec<ProcAemRow> {
         proc_aem(&self.child.id().to_string())
+    }
+
+    /// Its handler pool, as `/proc/<pid>/aem` shows it: (idle threads,
+    /// queued events).
+    fn pool(&self) -> (u32, u32) {
+        let text = std::fs::read_to_string(format!("/proc/{}/aem", self.child.id())).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("# pool: "))
+            .unwrap_or_else(|| panic!("no pool line in:\n{text}"));
+        // "# pool: N idle threads, M events queued"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (words[2].parse().unwrap(), words[5].parse().unwrap())
     }
 
     /// SIGTERM it; it must exit 0 with its totals as its last line, which
@@ -177,6 +191,13 @@ fn shim_1_tokio_echo_example_echoes_every_client() {
     echoes_every_client("aem-tokio-echo");
 }
 
+/// The worker-pool server (EXEC-3): accepts and reads handled by closures
+/// on a pool of 4 threads, connections served in parallel.
+#[test]
+fn exec_3_pool_server_example_echoes_every_client() {
+    echoes_every_client("aem-pool-server");
+}
+
 /// Wait up to ten seconds for `done`.
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -186,30 +207,30 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn shim_1_echo_server_example_waits_for_a_client_that_does_not_read() {
-    const LEN: usize = 8 << 20;
-    let mut server = EchoServer::start();
+/// Bytes a client that does not read sends.
+const LATE_LEN: usize = 8 << 20;
+
+/// Connect to `server` and send it [`LATE_LEN`] bytes (message 0 of
+/// client `c`) without reading, until the echo fills the sockets and
+/// `full` (`what`) holds; then read the whole echo and check it.  Returns
+/// the connection, still open.
+fn echo_to_a_late_reader(
+    server: &EchoServer,
+    c: usize,
+    what: &str,
+    full: impl FnMut() -> bool,
+) -> TcpStream {
     let stream = TcpStream::connect(&server.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
-    let msg = message(99, 0, LEN);
-    let mut echo = vec![0u8; LEN];
+    let msg = message(c, 0, LATE_LEN);
+    let mut echo = vec![0u8; LATE_LEN];
     std::thread::scope(|s| {
         let (mut w, mut r) = (&stream, &stream);
         let msg = &msg;
         let writer = s.spawn(move || w.write_all(msg));
-        // We do not read yet: the echo fills the server's socket, so the
-        // server waits for room (a level fd registration at the default
-        // priority; the signalfd's is at 99) and stops reading.
-        eventually("the server waiting for room", || {
-            let rows = server.registrations();
-            rows.iter().any(|r| r.source == "fd" && r.prio == 0)
-                && rows
-                    .iter()
-                    .any(|r| r.source == "read" && r.state == "disabled")
-        });
+        eventually(what, full);
         r.read_exact(&mut echo).unwrap();
         writer.join().unwrap().unwrap();
     });
@@ -218,6 +239,23 @@ fn shim_1_echo_server_example_waits_for_a_client_that_does_not_read() {
         "the echo differs at byte {:?}",
         echo.iter().zip(&msg).position(|(a, b)| a != b)
     );
+    stream
+}
+
+#[test]
+fn shim_1_echo_server_example_waits_for_a_client_that_does_not_read() {
+    const LEN: usize = LATE_LEN;
+    let mut server = EchoServer::start();
+    // We do not read yet: the echo fills the server's socket, so the
+    // server waits for room (a level fd registration at the default
+    // priority; the signalfd's is at 99) and stops reading.
+    let stream = echo_to_a_late_reader(&server, 99, "the server waiting for room", || {
+        let rows = server.registrations();
+        rows.iter().any(|r| r.source == "fd" && r.prio == 0)
+            && rows
+                .iter()
+                .any(|r| r.source == "read" && r.state == "disabled")
+    });
     // All echoed: the writer dropped itself, the reader reads again.
     eventually("the server reading again", || {
         let rows = server.registrations();
@@ -239,40 +277,23 @@ fn shim_1_echo_server_example_waits_for_a_client_that_does_not_read() {
 /// reads again once the client catches up.
 #[test]
 fn shim_1_tokio_echo_example_waits_for_a_client_that_does_not_read() {
-    const LEN: usize = 8 << 20;
+    const LEN: usize = LATE_LEN;
     let mut server = EchoServer::start_named("aem-tokio-echo");
-    let stream = TcpStream::connect(&server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let msg = message(98, 0, LEN);
-    let mut echo = vec![0u8; LEN];
-    std::thread::scope(|s| {
-        let (mut w, mut r) = (&stream, &stream);
-        let msg = &msg;
-        let writer = s.spawn(move || w.write_all(msg));
-        // We do not read yet: the echo fills the server's socket, its
-        // write waits, and its reader stays disarmed: no read for 300 ms.
-        let reader = || {
-            server
-                .registrations()
-                .into_iter()
-                .find(|r| r.source == "read")
-                .map(|r| (r.id, r.state, r.deliveries))
-        };
-        eventually("the server's reader disarmed for good", || {
+    // We do not read yet: the echo fills the server's socket, its write
+    // waits, and its reader stays disarmed: no read for 300 ms.
+    let reader = || {
+        server
+            .registrations()
+            .into_iter()
+            .find(|r| r.source == "read")
+            .map(|r| (r.id, r.state, r.deliveries))
+    };
+    let stream =
+        echo_to_a_late_reader(&server, 98, "the server's reader disarmed for good", || {
             let before = reader();
             std::thread::sleep(Duration::from_millis(300));
             matches!(&before, Some((_, state, _)) if state == "disabled") && reader() == before
         });
-        r.read_exact(&mut echo).unwrap();
-        writer.join().unwrap().unwrap();
-    });
-    assert!(
-        echo == msg,
-        "the echo differs at byte {:?}",
-        echo.iter().zip(&msg).position(|(a, b)| a != b)
-    );
     // All echoed: the reader is armed again.
     eventually("the server reading again", || {
         server
@@ -286,6 +307,62 @@ fn shim_1_tokio_echo_example_waits_for_a_client_that_does_not_read() {
         !server.registrations().iter().any(|r| r.source == "read")
     });
     assert_eq!(server.stop(), format!("served 1 connections, {LEN} bytes"));
+}
+
+/// Whether `row` is a pool event (EXEC-3) of source `source`.
+fn pool_event(row: &ProcAemRow, source: &str) -> bool {
+    row.source == source && row.flags.split(',').any(|f| f == "pool")
+}
+
+/// The pool-server connection events among `rows` (level-triggered fd
+/// pool events), by state: (enabled, disabled).
+fn connection_events(rows: &[ProcAemRow]) -> (usize, usize) {
+    let conns = rows
+        .iter()
+        .filter(|r| pool_event(r, "fd") && r.flags.split(',').any(|f| f == "level"));
+    let enabled = conns.clone().filter(|r| r.state == "enabled").count();
+    (enabled, conns.count() - enabled)
+}
+
+/// The worker-pool server stops reading a client that does not read its
+/// echo: the connection's reader (a level-triggered fd event on the pool)
+/// is disabled while a level-triggered writability event, on the pool too,
+/// waits for room; once the client catches up, the writer drops itself
+/// and the reader reads again.  No event thread: the server's events are
+/// all pool events (beside the pool threads' own stop events), and a quiet
+/// server has its 4 pool threads idle.
+#[test]
+fn exec_3_pool_server_example_waits_for_a_client_that_does_not_read() {
+    let mut server = EchoServer::start_named("aem-pool-server");
+    eventually("the server's pool idle", || server.pool() == (4, 0));
+    let rows = server.registrations();
+    let pool_events: Vec<_> = rows
+        .iter()
+        .filter(|r| r.flags.split(',').any(|f| f == "pool"))
+        .collect();
+    assert!(
+        pool_events.len() == 1 && pool_events[0].source == "accept",
+        "the listener's accept event on the pool: {rows:?}"
+    );
+    // We do not read yet: the echo fills the server's socket, so the
+    // server waits for room and stops reading.
+    let stream = echo_to_a_late_reader(&server, 97, "the server waiting for room", || {
+        // The writer enabled, the reader disabled.
+        connection_events(&server.registrations()) == (1, 1)
+    });
+    // All echoed: the writer dropped itself, the reader reads again.
+    eventually("the server reading again", || {
+        connection_events(&server.registrations()) == (1, 0)
+    });
+    drop(stream);
+    // The connection's end unregisters its reader; the pool is idle.
+    eventually("the connection closed", || {
+        connection_events(&server.registrations()) == (0, 0) && server.pool() == (4, 0)
+    });
+    assert_eq!(
+        server.stop(),
+        format!("served 1 connections, {LATE_LEN} bytes")
+    );
 }
 
 /// One line of `aem-periodic-timer`.

@@ -378,6 +378,37 @@ fn exec_3_pool_events_outlive_their_pool_and_wait_for_the_next() {
 }
 
 #[test]
+fn exec_3_a_pool_dropped_by_its_own_handler_stops_every_thread() {
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let before = threads();
+    let pool = Arc::new(Mutex::new(Some(Pool::new(3).unwrap())));
+    let efd = eventfd();
+    let ran = Arc::new(AtomicU32::new(0));
+    let (p, r, theirs) = (pool.clone(), ran.clone(), efd.try_clone().unwrap());
+    let reg = pool
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .on_event(readable(&efd), Options::new(), move |_| {
+            drain(&theirs);
+            // Joins the other two; this one stops once it returns.
+            drop(p.lock().unwrap().take());
+            r.fetch_add(1, SeqCst);
+            Action::Rearm
+        })
+        .unwrap();
+    eventfd_add(&efd, 1);
+    until("every pool thread to end", || {
+        ran.load(SeqCst) == 1 && threads() == before
+    });
+    assert!(pool.lock().unwrap().is_none());
+    assert_eq!(pool_line().0, 0);
+    // The event outlives its pool, as any pool event does.
+    assert_eq!(proc_row(reg.id()).unwrap().flags, "pool");
+}
+
+#[test]
 fn exec_3_a_registration_dropped_while_its_handler_runs_frees_it_after() {
     struct Flag(Arc<AtomicBool>);
     impl Drop for Flag {
