@@ -28,14 +28,18 @@ impl FeatureSet {
     /// Handler pools: `AEM_EV_POOL` and `aem_wait(AEM_WAIT_SERVE)`
     /// ([`crate::Pool`]).
     pub const POOL: FeatureSet = FeatureSet(uapi::AEM_FEATURE_POOL as u64);
+    /// A process per event: `AEM_EV_FORK`, `AEM_EV_NOCLDWAIT`
+    /// ([`crate::spawn_on_event`]).
+    pub const FORK: FeatureSet = FeatureSet(uapi::AEM_FEATURE_FORK as u64);
 
-    const NAMED: [(FeatureSet, &'static str); 6] = [
+    const NAMED: [(FeatureSet, &'static str); 7] = [
         (FeatureSet::QUERY, "QUERY"),
         (FeatureSet::REGISTER, "REGISTER"),
         (FeatureSet::WAIT, "WAIT"),
         (FeatureSet::INLINE, "INLINE"),
         (FeatureSet::THREAD_AREA, "THREAD_AREA"),
         (FeatureSet::POOL, "POOL"),
+        (FeatureSet::FORK, "FORK"),
     ];
 
     /// The raw bits, as the kernel reported them (unknown bits included).

@@ -48,6 +48,10 @@
 //! - [`Pool`], [`PoolRegistration`]: closures the kernel runs on a set of
 //!   threads the pool owns (a handler pool), highest priority first,
 //!   where, as in [`dispatch`], any Rust works.
+//! - [`spawn_on_event`], [`on_event_forked`] (`unsafe`): a new process
+//!   per event (the pre-fork server): a program run with the accepted
+//!   connection as its standard I/O, or a closure run in a forked child;
+//!   [`Reap`] chooses who reaps it.
 //! - [`on_signals`] (`unsafe`): signals as events, handled by closures
 //!   that may do what any inline handler may.
 //! - [`critical_section`], [`critical`]: code handlers must not
@@ -122,6 +126,7 @@ mod dispatch;
 mod error;
 mod event;
 mod features;
+mod fork;
 mod inline;
 pub mod io;
 pub mod log;
@@ -147,6 +152,7 @@ pub use event::{
     Registration, Source, ONSTACK_MIN_SIZE,
 };
 pub use features::{features, FeatureSet, Features, SourceKind, SourceSet};
+pub use fork::{on_event_forked, spawn_on_event, ForkRegistration, Reap};
 pub use inline::{
     block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
 };

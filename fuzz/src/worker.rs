@@ -397,15 +397,20 @@ impl<'a> Worker<'a> {
         };
         let mut flags = 0u32;
         if r.chance(3, 5) {
-            // Up to AEM_EV_POOL (bit 6).
-            for bit in 0..7 {
+            // Up to AEM_EV_NOCLDWAIT (bit 8).
+            for bit in 0..9 {
                 if r.chance(1, 5) {
                     flags |= 1 << bit;
                 }
             }
+            // Mostly self-reaping fork children: zombies would pile up in
+            // workers that never wait.
+            if flags & uapi::AEM_EV_FORK != 0 && r.chance(3, 4) {
+                flags |= uapi::AEM_EV_NOCLDWAIT;
+            }
         }
         if r.chance(1, 30) {
-            flags |= 1 << r.range(7, 31);
+            flags |= 1 << r.range(9, 31);
         }
         let prio = match r.below(10) {
             0..=5 => r.below(50) as u32,
@@ -440,8 +445,12 @@ impl<'a> Worker<'a> {
             }
         };
         if !inline && r.chance(9, 10) {
-            // ONSTACK, NOBOOST and POOL are for inline handlers.
-            flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST | uapi::AEM_EV_POOL);
+            // ONSTACK, NOBOOST, POOL and FORK are for inline handlers.
+            flags &= !(uapi::AEM_EV_ONSTACK
+                | uapi::AEM_EV_NOBOOST
+                | uapi::AEM_EV_POOL
+                | uapi::AEM_EV_FORK
+                | uapi::AEM_EV_NOCLDWAIT);
         }
         a[0] = u64::from(source) | (u64::from(flags) << 32);
         a[1] = u64::from(prio)
@@ -1695,12 +1704,16 @@ fn sanitize(a: &mut [u64; 11]) {
     if !(1..=6).contains(&source) {
         source = uapi::aem_source_kind::AEM_SOURCE_TIMER;
     }
-    let mut flags = ((a[0] >> 32) as u32) & 0x7f;
+    let mut flags = ((a[0] >> 32) as u32) & 0x1ff;
     let inline = a[2] != 0 && a[3] != 0;
     if !inline {
         a[2] = 0;
         a[3] = 0;
-        flags &= !(uapi::AEM_EV_ONSTACK | uapi::AEM_EV_NOBOOST | uapi::AEM_EV_POOL);
+        flags &= !(uapi::AEM_EV_ONSTACK
+            | uapi::AEM_EV_NOBOOST
+            | uapi::AEM_EV_POOL
+            | uapi::AEM_EV_FORK
+            | uapi::AEM_EV_NOCLDWAIT);
     } else {
         a[2] = handler::handler();
         a[3] = handler::restorer();
@@ -1738,6 +1751,14 @@ fn sanitize(a: &mut [u64; 11]) {
         a[6..].fill(0);
     } else {
         a[6..].fill(0);
+    }
+    // A child runs a fork event's handler, or a pool thread: not both;
+    // and children that reap themselves.
+    if flags & uapi::AEM_EV_FORK != 0 {
+        flags &= !uapi::AEM_EV_POOL;
+        flags |= uapi::AEM_EV_NOCLDWAIT;
+    } else {
+        flags &= !uapi::AEM_EV_NOCLDWAIT;
     }
     a[0] = u64::from(source) | (u64::from(flags) << 32);
     a[1] %= 100;
@@ -1807,7 +1828,17 @@ mod tests {
             let source = a[0] as u32;
             let flags = (a[0] >> 32) as u32;
             assert!((1..=6).contains(&source));
-            assert_eq!(flags & !0x7f, 0);
+            assert_eq!(flags & !0x1ff, 0);
+            if flags & uapi::AEM_EV_FORK != 0 {
+                assert_eq!(flags & uapi::AEM_EV_POOL, 0, "fork and pool");
+                assert_ne!(
+                    flags & uapi::AEM_EV_NOCLDWAIT,
+                    0,
+                    "children reap themselves"
+                );
+            } else {
+                assert_eq!(flags & uapi::AEM_EV_NOCLDWAIT, 0, "nocldwait alone");
+            }
             assert!(a[1] < 100, "priority and reserved0");
             assert_eq!(a[2] == 0, a[3] == 0, "handler and restorer go together");
             if source == uapi::aem_source_kind::AEM_SOURCE_TIMER {
