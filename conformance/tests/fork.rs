@@ -40,6 +40,28 @@ fn report(fd: i32, count: u64, word: u64) {
     unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
 }
 
+/// In a forked handler: field `index` of `/proc/self/stat` counted from
+/// the one after the command name (0: the state), allocation-free.
+fn raw_stat_field(index: usize) -> i64 {
+    let mut buf = [0u8; 512];
+    let path = b"/proc/self/stat\0";
+    // SAFETY: a NUL-terminated path, a stack buffer.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY);
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let stat = &buf[..n.max(0) as usize];
+    let after_comm = stat.iter().rposition(|&b| b == b')').unwrap_or(0) + 2;
+    stat[after_comm..]
+        .split(|&b| b == b' ')
+        .nth(index)
+        .and_then(|f| core::str::from_utf8(f).ok())
+        .and_then(|f| f.parse::<i64>().ok())
+        .unwrap_or(i64::MIN)
+}
+
 /// In the parent: read one report (blocking).
 fn read_report(fd: &OwnedFd) -> Report {
     let mut buf = [0u8; 24];
@@ -101,6 +123,15 @@ fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// end, the registration).  `then` runs in the child: async-signal-safe.
 fn reporting_event(
     reap: Reap,
+    then: impl FnMut() -> i32 + Send + 'static,
+) -> (OwnedFd, OwnedFd, aem::ForkRegistration) {
+    reporting_event_with(Options::new(), reap, then)
+}
+
+/// [`reporting_event`] with `options`.
+fn reporting_event_with(
+    options: Options,
+    reap: Reap,
     mut then: impl FnMut() -> i32 + Send + 'static,
 ) -> (OwnedFd, OwnedFd, aem::ForkRegistration) {
     let efd = eventfd();
@@ -114,7 +145,7 @@ fn reporting_event(
     };
     // SAFETY: the handler makes raw system calls, and `then` keeps to
     // async-signal-safe ones.
-    let reg = unsafe { aem::on_event_forked(readable(&efd), Options::new(), reap, handler) };
+    let reg = unsafe { aem::on_event_forked(readable(&efd), options, reap, handler) };
     (efd, r, reg.unwrap())
 }
 
@@ -206,23 +237,7 @@ fn exec_2_the_child_has_one_thread_and_none_of_the_parents_events() {
             let handler = move |rec: &mut aem::Record| {
                 drain_raw(raw_efd);
                 // Threads: /proc/self/stat field 20.
-                let mut buf = [0u8; 512];
-                let path = b"/proc/self/stat\0";
-                // SAFETY: a NUL-terminated path, a stack buffer.
-                let n = unsafe {
-                    let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY);
-                    let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                    libc::close(fd);
-                    n
-                };
-                let stat = &buf[..n.max(0) as usize];
-                let after_comm = stat.iter().rposition(|&b| b == b')').unwrap_or(0) + 2;
-                let threads = stat[after_comm..]
-                    .split(|&b| b == b' ')
-                    .nth(17)
-                    .and_then(|f| core::str::from_utf8(f).ok())
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let threads = raw_stat_field(17).max(0) as u64;
                 // The parent's events are not the child's: ENOENT.
                 let ctl = aem_syscalls::aem_ctl(pending_id as i32, uapi::AEM_CTL_DISABLE, 0);
                 let enoent = matches!(ctl, Err(aem_syscalls::Error::Os(e)) if e.0 == libc::ENOENT);
@@ -406,6 +421,32 @@ fn exec_2_bad_fork_flags_are_refused() {
     assert!(aem_conformance::proc_aem("self")
         .iter()
         .all(|r| !r.flags.contains("fork")));
+}
+
+#[test]
+fn exec_2_the_child_runs_at_the_events_priority() {
+    assert_eq!(
+        in_child(|| {
+            // Its exit status: the priority /proc shows (field 18), + 100.
+            let options = Options::new().priority(60);
+            let (efd, r, _reg) = reporting_event_with(options, Reap::ByParent, || {
+                (raw_stat_field(15) + 100) as i32
+            });
+            eventfd_add(&efd, 1);
+            let rep = read_report(&r);
+            let (_, status) = waitpid(rep.pid, 0);
+            assert!(libc::WIFEXITED(status), "status {status:#x}");
+            // The real-time band: AEM priority 60 is rt_priority 11, shown
+            // as -12; the parent thread is back to its own priority.
+            assert_eq!(libc::WEXITSTATUS(status) as i64 - 100, -(60 - 48));
+            let parent = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            let rest = &parent[parent.rfind(')').unwrap() + 2..];
+            let now: i64 = rest.split(' ').nth(15).unwrap().parse().unwrap();
+            assert!(now >= 0, "the parent stayed boosted: {now}");
+            0
+        }),
+        0
+    );
 }
 
 #[test]
