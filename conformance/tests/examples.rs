@@ -1,7 +1,8 @@
 //! SHIM-1: the example programs written with the safe `aem` API alone
 //! (`examples/echo-server`, `examples/tokio-server`,
-//! `examples/periodic-timer`), and EXEC-3's worker-pool server
-//! (`examples/pool-server`), run as they ship, from the guest's PATH (the
+//! `examples/periodic-timer`), EXEC-3's worker-pool server
+//! (`examples/pool-server`) and EXEC-2's pre-fork server
+//! (`examples/fork-server`), run as they ship, from the guest's PATH (the
 //! rootfs).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,9 +28,9 @@ fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
     }
 }
 
-/// A running echo server (`aem-echo-server`, or `aem-tokio-echo` or
-/// `aem-pool-server`, which speak the same) on an ephemeral port; killed
-/// if a test fails before [`EchoServer::stop`].
+/// A running echo server (`aem-echo-server`, or `aem-tokio-echo`,
+/// `aem-pool-server` or `aem-fork-server`, which speak the same) on an
+/// ephemeral port; killed if a test fails before [`EchoServer::stop`].
 struct EchoServer {
     child: Child,
     out: BufReader<ChildStdout>,
@@ -80,6 +81,22 @@ impl EchoServer {
         // "# pool: N idle threads, M events queued"
         let words: Vec<&str> = line.split_whitespace().collect();
         (words[2].parse().unwrap(), words[5].parse().unwrap())
+    }
+
+    /// Its fork events' children, as `/proc/<pid>/aem` counts them:
+    /// (started, refused).
+    fn forks(&self) -> (u64, u64) {
+        let text = std::fs::read_to_string(format!("/proc/{}/aem", self.child.id())).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("# fork: "))
+            .unwrap_or_else(|| panic!("no fork line in:\n{text}"));
+        // "# fork: N children started, M refused"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (
+            words[2].parse().unwrap(),
+            words[5].trim_end_matches(',').parse().unwrap(),
+        )
     }
 
     /// SIGTERM it; it must exit 0 with its totals as its last line, which
@@ -196,6 +213,14 @@ fn shim_1_tokio_echo_example_echoes_every_client() {
 #[test]
 fn exec_3_pool_server_example_echoes_every_client() {
     echoes_every_client("aem-pool-server");
+}
+
+/// The pre-fork server (EXEC-2): each connection echoed by a child
+/// process of its own, forked by the kernel for the accept event; the
+/// children's totals, counted in memory they share with the server.
+#[test]
+fn exec_2_fork_server_example_echoes_every_client() {
+    echoes_every_client("aem-fork-server");
 }
 
 /// Wait up to ten seconds for `done`.
@@ -362,6 +387,176 @@ fn exec_3_pool_server_example_waits_for_a_client_that_does_not_read() {
     assert_eq!(
         server.stop(),
         format!("served 1 connections, {LATE_LEN} bytes")
+    );
+}
+
+/// The children of process `pid`, zombies included, by pid.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            // A process that is gone meanwhile is no child any more.
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                // After the command: the state, then the parent's pid.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                rest.split(' ').nth(1) == Some(pid.to_string().as_str())
+            })
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
+/// The inodes of the sockets process `pid` holds.
+fn sockets_of(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            link.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The inode of the server's end of `client`'s connection (local and
+/// remote ports swapped), from `/proc/net/tcp`.
+fn server_end(client: &TcpStream) -> u64 {
+    let (client_port, server_port) = (
+        client.local_addr().unwrap().port(),
+        client.peer_addr().unwrap().port(),
+    );
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    tcp.lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        // sl, local, remote, state, queues, timer, retransmits, uid,
+        // timeout, inode.
+        .find(|f| port(f[1]) == server_port && port(f[2]) == client_port)
+        .map(|f| f[9].parse().unwrap())
+        .unwrap_or_else(|| panic!("no server end of port {client_port} in:\n{tcp}"))
+}
+
+/// Bytes of each message in [`exec_2_fork_server_example_handles_each_connection_in_its_own_process`].
+const ROUND_TRIP: usize = 1000;
+
+/// Send message `m` of client `c` on `stream` and read its echo; returns
+/// its length.
+fn round_trip(stream: &TcpStream, c: usize, m: usize) -> u64 {
+    let msg = message(c, m, ROUND_TRIP);
+    (&*stream).write_all(&msg).unwrap();
+    let mut echo = vec![0u8; msg.len()];
+    (&*stream)
+        .read_exact(&mut echo)
+        .unwrap_or_else(|e| panic!("client {c}, message {m}: {e}"));
+    assert!(echo == msg, "client {c}, message {m}: the echo differs");
+    msg.len() as u64
+}
+
+/// The pre-fork server (EXEC-2) serves each connection in a child process
+/// of its own: each connection's server end is held by exactly one
+/// process, a child of the server (the server closed its copy), a
+/// different child per connection, and `/proc/<pid>/aem` counts one
+/// child started per connection.  A child killed mid-connection ends that
+/// connection alone: the server and the other connections go on.  The
+/// children are reaped by the kernel: once their clients close, the
+/// server has no child left, not even a zombie.
+#[test]
+fn exec_2_fork_server_example_handles_each_connection_in_its_own_process() {
+    let mut server = EchoServer::start_named("aem-fork-server");
+    let pid = server.child.id();
+    let rows = server.registrations();
+    assert!(
+        rows.len() == 1
+            && rows[0].source == "accept"
+            && ["fork", "nocldwait"]
+                .iter()
+                .all(|f| rows[0].flags.split(',').any(|g| g == *f)),
+        "the listener's accept event, forking auto-reaped children: {rows:?}"
+    );
+    let mut bytes = 0;
+    let mut clients: Vec<TcpStream> = (0..3)
+        .map(|c| {
+            let stream = TcpStream::connect(&server.addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            bytes += round_trip(&stream, c, 0);
+            stream
+        })
+        .collect();
+    assert_eq!(server.forks(), (3, 0), "one child per connection");
+    let children = children_of(pid);
+    assert_eq!(children.len(), 3, "the server's children: {children:?}");
+    let server_sockets = sockets_of(pid);
+    let servers: Vec<u32> = clients
+        .iter()
+        .map(|client| {
+            let end = server_end(client);
+            assert!(
+                !server_sockets.contains(&end),
+                "the server kept its copy of a connection"
+            );
+            let holders: Vec<u32> = children
+                .iter()
+                .copied()
+                .filter(|&child| sockets_of(child).contains(&end))
+                .collect();
+            assert_eq!(holders.len(), 1, "the children holding a connection");
+            holders[0]
+        })
+        .collect();
+    let mut distinct = servers.clone();
+    distinct.sort_unstable();
+    assert_eq!(distinct, children, "each connection in its own child");
+
+    // Kill the first connection's child once it waits for more (in
+    // read(2), system call 0), past counting its echo.
+    let victim = servers[0];
+    eventually("the first child waiting in read", || {
+        std::fs::read_to_string(format!("/proc/{victim}/syscall"))
+            .is_ok_and(|s| s.starts_with("0 "))
+    });
+    // SAFETY: kill(2) on a child of our child.
+    let killed = unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill: {}", std::io::Error::last_os_error());
+    // Its connection ends (closed with the process), ...
+    let mut rest = Vec::new();
+    match (&clients[0]).read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{} bytes after the kill", rest.len()),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    // ... its process is reaped, and nothing else changes.
+    eventually("the killed child reaped", || {
+        children_of(pid) == [servers[1], servers[2]]
+    });
+    for (c, client) in clients.iter().enumerate().skip(1) {
+        bytes += round_trip(client, c, 1);
+    }
+    let late = TcpStream::connect(&server.addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    bytes += round_trip(&late, 3, 0);
+    clients.push(late);
+    assert_eq!(server.forks(), (4, 0));
+    assert_eq!(children_of(pid).len(), 3);
+
+    // The clients close: each child sees the end of its stream, returns,
+    // and is reaped by the kernel.
+    drop(clients);
+    eventually("no child of the server left, zombies included", || {
+        children_of(pid).is_empty()
+    });
+    assert_eq!(
+        server.stop(),
+        format!("served 4 connections, {bytes} bytes")
     );
 }
 
