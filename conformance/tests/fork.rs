@@ -424,6 +424,79 @@ fn exec_2_bad_fork_flags_are_refused() {
 }
 
 #[test]
+fn exec_2_a_flood_of_fork_events_is_coalesced_and_ends_with_its_unregistration() {
+    assert_eq!(
+        in_child(|| {
+            use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+            use std::sync::{mpsc, Arc};
+            // A timer far faster than a fork: activations coalesce (one
+            // child per delivery, one delivery per way out to user mode),
+            // and the process's other threads run on.
+            let spins = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (s, st) = (spins.clone(), stop.clone());
+            let (id_tx, id_rx) = mpsc::channel();
+            let spinner = std::thread::spawn(move || {
+                // SAFETY: the handler does nothing.
+                let reg = unsafe {
+                    aem::on_event_forked(
+                        Source::periodic(Duration::from_micros(20)),
+                        Options::new(),
+                        Reap::Auto,
+                        |_| 0,
+                    )
+                }
+                .unwrap();
+                id_tx.send(reg.id()).unwrap();
+                while !st.load(Relaxed) {
+                    s.fetch_add(1, Relaxed);
+                }
+                // Unregistered by the main thread already: ENOENT, ignored.
+                drop(reg);
+            });
+            let id = id_rx.recv().unwrap();
+            until("a few children", || fork_line().0 >= 3);
+            let first = fork_line().0;
+            let row = proc_row(id).unwrap();
+            let then = fork_line().0;
+            assert!(
+                row.activations > row.deliveries,
+                "activations did not coalesce: {} activations, {} deliveries",
+                row.activations,
+                row.deliveries
+            );
+            // One child per delivery (a delivery is counted just before
+            // its fork: one may be under way).
+            assert!(
+                (first..=then + 1).contains(&row.deliveries),
+                "{} deliveries, {first}..{then} children",
+                row.deliveries
+            );
+            // Another thread ends the flood; once that returns, no child
+            // starts any more (the fork runs under the lock it takes).
+            aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).unwrap();
+            let (started, refused) = fork_line();
+            assert_eq!(refused, 0);
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(
+                fork_line().0,
+                started,
+                "a child started after the unregistration"
+            );
+            // The registering thread is free again.
+            let before = spins.load(Relaxed);
+            until("the registering thread to run", || {
+                spins.load(Relaxed) > before
+            });
+            stop.store(true, Relaxed);
+            spinner.join().unwrap();
+            0
+        }),
+        0
+    );
+}
+
+#[test]
 fn exec_2_the_child_runs_at_the_events_priority() {
     assert_eq!(
         in_child(|| {

@@ -588,6 +588,7 @@ impl<'a> Worker<'a> {
         if sane {
             sanitize(&mut a);
         }
+        pace_fork_timer(&mut a);
         let size: u64 = match self.rng.weighted(&[85, 3, 4, 4, 2, 2]) {
             _ if sane => 88,
             0 => 88,
@@ -1693,6 +1694,26 @@ impl<'a> Worker<'a> {
     /// This worker's memory (for the sacrificial scenarios).
     pub fn mem(&self) -> Mem {
         self.sh.mem
+    }
+}
+
+/// A periodic fork event costs its thread a fork per period: under a
+/// debug kernel a fork takes milliseconds, and a faster timer leaves the
+/// thread no time of its own (as an inline handler slower than its timer
+/// would), which the watchdog takes for a hang.  Keep such timers at 50 ms
+/// or slower, whether the rest of `a` is sane or not.
+fn pace_fork_timer(a: &mut [u64; 11]) {
+    let flags = (a[0] >> 32) as u32;
+    if flags & uapi::AEM_EV_FORK != 0
+        && (a[0] & 0xffff_ffff) as u32 == uapi::aem_source_kind::AEM_SOURCE_TIMER
+    {
+        const MIN_NS: u64 = 50_000_000;
+        if a[7] != 0 && a[7] < MIN_NS {
+            a[7] = MIN_NS;
+        }
+        if a[6] < MIN_NS {
+            a[6] = MIN_NS;
+        }
     }
 }
 
