@@ -301,35 +301,60 @@ fn exec_2_a_spawned_program_gets_the_connection_and_the_parent_closes_its_copy()
     );
 }
 
+/// A child of `reap` that waits for a go, then exits with 9: watched as a
+/// process-exit event (SRC-6), whose record must carry the 9.  Returns
+/// the child's pid.
+fn child_exit_is_reported(reap: Reap) -> i32 {
+    let (go_r, go_w) = pipe();
+    let (efd, r, _reg) = reporting_event(reap, move || {
+        // Wait for the parent to watch, then end with 9.
+        let mut b = 0u8;
+        // SAFETY: a one-byte buffer.
+        unsafe { libc::read(go_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
+        9
+    });
+    eventfd_add(&efd, 1);
+    let rep = read_report(&r);
+    let _watch = aem::register(Source::child_exit(rep.pid), Options::new()).unwrap();
+    aem_conformance::write_fd(&go_w, b"x");
+    let rec = aem::wait(1, Some(Duration::from_secs(10)))
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the exit record");
+    match rec.data {
+        aem::EventData::ProcessExit { status, .. } => {
+            assert_eq!(status.expect("a status").code(), Some(9));
+        }
+        other => panic!("not a process exit: {other:?}"),
+    }
+    rep.pid
+}
+
 #[test]
 fn exec_2_the_exit_of_a_child_is_a_process_exit_event() {
     assert_eq!(
         in_child(|| {
-            let (go_r, go_w) = pipe();
-            let (efd, r, _reg) = reporting_event(Reap::ByParent, move || {
-                // Wait for the parent to watch, then end with 9.
-                let mut b = 0u8;
-                // SAFETY: a one-byte buffer.
-                unsafe { libc::read(go_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
-                9
-            });
-            eventfd_add(&efd, 1);
-            let rep = read_report(&r);
-            let _watch = aem::register(Source::child_exit(rep.pid), Options::new()).unwrap();
-            aem_conformance::write_fd(&go_w, b"x");
-            let rec = aem::wait(1, Some(Duration::from_secs(10)))
-                .unwrap()
-                .into_iter()
-                .next()
-                .expect("the exit record");
-            match rec.data {
-                aem::EventData::ProcessExit { status, .. } => {
-                    assert_eq!(status.expect("a status").code(), Some(9));
-                }
-                other => panic!("not a process exit: {other:?}"),
-            }
+            let pid = child_exit_is_reported(Reap::ByParent);
             // The event reported it; reaping is still the parent's.
-            assert_eq!(waitpid(rep.pid, 0).0, rep.pid);
+            assert_eq!(waitpid(pid, 0).0, pid);
+            0
+        }),
+        0
+    );
+}
+
+#[test]
+fn src_6_an_auto_reaped_child_reports_its_status_before_it_vanishes() {
+    assert_eq!(
+        in_child(|| {
+            let pid = child_exit_is_reported(Reap::Auto);
+            // Reaped by the kernel: nothing left to wait for.
+            until("the child to be reaped", || {
+                !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
+            assert_eq!(waitpid(pid, libc::WNOHANG | libc::__WALL).0, -1);
+            assert_eq!(errno(), libc::ECHILD);
             0
         }),
         0
