@@ -591,3 +591,23 @@ impl SharedWords {
             .fetch_add(n, std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// Set `kernel.aem_boost_max_us` for the life of the guard (restored on
+/// drop).
+pub struct BoostBudget(String);
+
+impl BoostBudget {
+    /// Set the budget to `us` microseconds.
+    pub fn set(us: u64) -> BoostBudget {
+        let path = "/proc/sys/kernel/aem_boost_max_us";
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, us.to_string()).unwrap();
+        BoostBudget(old)
+    }
+}
+
+impl Drop for BoostBudget {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/aem_boost_max_us", self.0.trim());
+    }
+}

@@ -528,9 +528,7 @@ fn exec_2_the_child_runs_at_the_events_priority() {
             // A new child's first steps are copy-on-write faults, slow
             // under a debug kernel in TCG: a budget (kernel.aem_boost_max_us)
             // that they cannot use up before the handler reads its priority.
-            let budget = "/proc/sys/kernel/aem_boost_max_us";
-            let old = std::fs::read_to_string(budget).unwrap();
-            std::fs::write(budget, "1000000").unwrap();
+            let _budget = aem_conformance::BoostBudget::set(1_000_000);
             // Its exit status: the priority /proc shows (field 18), + 100.
             let options = Options::new().priority(60);
             let (efd, r, _reg) = reporting_event_with(options, Reap::ByParent, || {
@@ -547,7 +545,6 @@ fn exec_2_the_child_runs_at_the_events_priority() {
             let rest = &parent[parent.rfind(')').unwrap() + 2..];
             let now: i64 = rest.split(' ').nth(15).unwrap().parse().unwrap();
             assert!(now >= 0, "the parent stayed boosted: {now}");
-            std::fs::write(budget, old.trim()).unwrap();
             0
         }),
         0

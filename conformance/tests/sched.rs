@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aem::{Action, FdEvents, Options, Source};
-use aem_conformance::{eventfd, eventfd_add, in_child, start_aem_tracing, stop_aem_tracing};
+use aem_conformance::{
+    eventfd, eventfd_add, in_child, start_aem_tracing, stop_aem_tracing, BoostBudget,
+};
 
 /// The calling thread's effective priority as `stat` shows it.
 fn stat_priority() -> i64 {
@@ -180,24 +182,6 @@ fn sched_2_raising_a_pending_event_raises_the_boost() {
     }
     assert_eq!(seen[0].load(SeqCst), rt_band_priority(75));
     assert_eq!(stat_priority(), before);
-}
-
-/// Set `kernel.aem_boost_max_us` for the life of the guard.
-struct BoostBudget(String);
-
-impl BoostBudget {
-    fn set(us: u64) -> BoostBudget {
-        let path = "/proc/sys/kernel/aem_boost_max_us";
-        let old = std::fs::read_to_string(path).unwrap();
-        std::fs::write(path, us.to_string()).unwrap();
-        BoostBudget(old)
-    }
-}
-
-impl Drop for BoostBudget {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/kernel/aem_boost_max_us", self.0.trim());
-    }
 }
 
 #[test]
