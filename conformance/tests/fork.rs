@@ -456,7 +456,10 @@ fn exec_2_a_flood_of_fork_events_is_coalesced_and_ends_with_its_unregistration()
             use std::sync::{mpsc, Arc};
             // A timer far faster than a fork: activations coalesce (one
             // child per delivery, one delivery per way out to user mode),
-            // and the process's other threads run on.
+            // and the process's other threads run on.  The registering
+            // thread itself may get no time of its own while the flood
+            // lasts (a fork is slower than the timer): it registers the
+            // event disabled, and this thread enables it.
             let spins = Arc::new(AtomicU64::new(0));
             let stop = Arc::new(AtomicBool::new(false));
             let (s, st) = (spins.clone(), stop.clone());
@@ -466,7 +469,7 @@ fn exec_2_a_flood_of_fork_events_is_coalesced_and_ends_with_its_unregistration()
                 let reg = unsafe {
                     aem::on_event_forked(
                         Source::periodic(Duration::from_micros(20)),
-                        Options::new(),
+                        Options::new().disabled(true),
                         Reap::Auto,
                         |_| 0,
                     )
@@ -480,6 +483,7 @@ fn exec_2_a_flood_of_fork_events_is_coalesced_and_ends_with_its_unregistration()
                 drop(reg);
             });
             let id = id_rx.recv().unwrap();
+            aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_ENABLE, 0).unwrap();
             until("a few children", || fork_line().0 >= 3);
             let first = fork_line().0;
             let row = proc_row(id).unwrap();
