@@ -179,7 +179,8 @@ fn register(
 }
 
 /// A program to run for each event, prepared in full before any child
-/// exists: the child only calls `dup2`, `chdir`, `execve` and `_exit`.
+/// exists: the child only calls `dup2`, `fcntl`, `chdir`, `execve` and
+/// `_exit`.
 struct Exec {
     path: CString,
     dir: Option<CString>,
@@ -268,11 +269,8 @@ impl Exec {
     fn run(&self, record: &Record) -> i32 {
         if let EventData::Accept { conn: Ok(fd), .. } = &record.data {
             let fd = fd.as_raw_fd();
-            // SAFETY: plain descriptor calls on descriptors of the child.
-            unsafe {
-                if libc::dup2(fd, 0) < 0 || libc::dup2(fd, 1) < 0 {
-                    return 126;
-                }
+            if !onto(fd, 0) || !onto(fd, 1) {
+                return 126;
             }
         }
         if let Some(dir) = &self.dir {
@@ -285,6 +283,22 @@ impl Exec {
         // them, alive as long as `self`.
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
         127
+    }
+}
+
+/// In the child: make `target` a copy of `fd` that survives `execve`.
+/// When `fd` is `target` already, `dup2` would do nothing and leave its
+/// `FD_CLOEXEC` set (as `AcceptFlags::CLOEXEC`, the default, makes a
+/// connection), so the flag is cleared instead.  Async-signal-safe;
+/// false on failure.
+fn onto(fd: libc::c_int, target: libc::c_int) -> bool {
+    // SAFETY: plain descriptor calls on descriptors of the child.
+    unsafe {
+        if fd != target {
+            return libc::dup2(fd, target) >= 0;
+        }
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) >= 0
     }
 }
 

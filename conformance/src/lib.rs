@@ -398,6 +398,28 @@ pub fn proc_aem(pid: &str) -> Vec<ProcAemRow> {
         .collect()
 }
 
+/// The two counts of the `# <what>:` comment line of `/proc/<pid>/aem`
+/// (`pid` "self" for the caller): the first and fourth words after the
+/// colon.  For `what` "pool", "# pool: N idle threads, M events queued",
+/// (idle threads, queued events); for "fork", "# fork: N children
+/// started, M refused", (children started, refused).  Panics, showing the
+/// file, if it has no such line.
+pub fn proc_aem_counts(pid: &str, what: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/aem")).expect("read /proc/pid/aem");
+    let prefix = format!("# {what}: ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {what} line in:\n{text}"));
+    let words: Vec<&str> = line[prefix.len()..].split_whitespace().collect();
+    let count = |i: usize| -> u64 {
+        let word = words.get(i).map(|w| w.trim_end_matches(','));
+        word.and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("bad {what} line: {line:?}"))
+    };
+    (count(0), count(3))
+}
+
 /// The `/proc/self/aem` row of registration `id`.
 pub fn proc_row(id: u32) -> Option<ProcAemRow> {
     proc_aem("self").into_iter().find(|r| r.id == id)

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use aem_conformance::{proc_aem, ProcAemRow};
+use aem_conformance::{proc_aem, proc_aem_counts, ProcAemRow};
 
 /// Wait up to `limit` for `child`; kill it and fail past that.
 fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
@@ -72,31 +72,14 @@ impl EchoServer {
 
     /// Its handler pool, as `/proc/<pid>/aem` shows it: (idle threads,
     /// queued events).
-    fn pool(&self) -> (u32, u32) {
-        let text = std::fs::read_to_string(format!("/proc/{}/aem", self.child.id())).unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("# pool: "))
-            .unwrap_or_else(|| panic!("no pool line in:\n{text}"));
-        // "# pool: N idle threads, M events queued"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        (words[2].parse().unwrap(), words[5].parse().unwrap())
+    fn pool(&self) -> (u64, u64) {
+        proc_aem_counts(&self.child.id().to_string(), "pool")
     }
 
     /// Its fork events' children, as `/proc/<pid>/aem` counts them:
     /// (started, refused).
     fn forks(&self) -> (u64, u64) {
-        let text = std::fs::read_to_string(format!("/proc/{}/aem", self.child.id())).unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("# fork: "))
-            .unwrap_or_else(|| panic!("no fork line in:\n{text}"));
-        // "# fork: N children started, M refused"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        (
-            words[2].parse().unwrap(),
-            words[5].trim_end_matches(',').parse().unwrap(),
-        )
+        proc_aem_counts(&self.child.id().to_string(), "fork")
     }
 
     /// SIGTERM it; it must exit 0 with its totals as its last line, which

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use aem::{Options, Reap, Source};
-use aem_conformance::{eventfd, eventfd_add, in_child, pipe, proc_row};
+use aem_conformance::{eventfd, eventfd_add, in_child, pipe, proc_aem_counts, proc_row};
 use aem_syscalls::uapi;
 
 fn readable(fd: &OwnedFd) -> Source<'_> {
@@ -97,17 +97,7 @@ fn errno() -> i32 {
 
 /// The `# fork:` line of `/proc/self/aem`: (children started, refused).
 fn fork_line() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/aem").unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("# fork: "))
-        .unwrap_or_else(|| panic!("no fork line in:\n{text}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    // "# fork: N children started, M refused"
-    (
-        words[2].parse().unwrap(),
-        words[5].trim_end_matches(',').parse().unwrap(),
-    )
+    proc_aem_counts("self", "fork")
 }
 
 fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -299,6 +289,64 @@ fn exec_2_a_spawned_program_gets_the_connection_and_the_parent_closes_its_copy()
         }),
         0
     );
+}
+
+/// The connection is the program's standard input and output even when
+/// it is accepted as descriptor 0 (`dup2(0, 0)` does nothing, so its
+/// close-on-exec flag must be cleared another way) in a process whose
+/// standard input is closed.
+#[test]
+fn exec_2_a_spawned_program_gets_the_connection_when_it_is_fd_0() {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
+    // The program's complaints, if any, and the child's go to its
+    // standard error.
+    let (status, stderr) = aem_conformance::in_child_stderr(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            panic!("not IPv4");
+        };
+        let mut command = std::process::Command::new("sh");
+        command.arg("-c").arg("read line; echo \"got $line\"");
+        // Close-on-exec, as `AcceptFlags::default()` makes it.
+        let reg = aem::spawn_on_event(
+            Source::accept(listener.as_fd(), aem::AcceptFlags::CLOEXEC),
+            Options::new(),
+            Reap::Auto,
+            &command,
+        )
+        .unwrap();
+        // The client's socket first, then no standard input: the
+        // lowest free descriptor, the accepted one, is 0.
+        let client = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        // SAFETY: closes this process's standard input, unused.
+        assert_eq!(unsafe { libc::close(0) }, 0);
+        socket::connect(client.as_raw_fd(), &SockaddrIn::from(addr)).unwrap();
+        let mut conn = std::net::TcpStream::from(client);
+        writeln!(conn, "hello").unwrap();
+        let mut answer = String::new();
+        if let Err(e) = conn.read_to_string(&mut answer) {
+            answer = format!("{answer}<{e}>");
+        }
+        if answer != "got hello\n" {
+            // Written to descriptor 2 itself, past the test's capture.
+            let _ = writeln!(std::io::stderr(), "the program answered {answer:?}");
+            return 1;
+        }
+        until("the child", || fork_line() == (1, 0));
+        // The parent closed its copy: 0 is free again.
+        // SAFETY: a flags query.
+        assert_eq!(unsafe { libc::fcntl(0, libc::F_GETFD) }, -1);
+        assert_eq!(errno(), libc::EBADF);
+        drop(reg);
+        0
+    });
+    assert_eq!(status, 0, "the child: {stderr}");
 }
 
 /// A child of `reap` that waits for a go, then exits with 9: watched as a

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use aem::{Action, FdEvents, Options, Pool, Source, WakeOrder};
 use aem_conformance::{
-    eventfd, eventfd_add, in_child, in_child_status, proc_aem, proc_row, BoostBudget,
+    eventfd, eventfd_add, in_child, in_child_status, proc_aem, proc_aem_counts, proc_row,
+    BoostBudget,
 };
 use aem_syscalls::uapi;
 
@@ -61,15 +62,8 @@ fn state() -> String {
 }
 
 /// The pool line of `/proc/self/aem`: (idle threads, queued events).
-fn pool_line() -> (u32, u32) {
-    let text = std::fs::read_to_string("/proc/self/aem").unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("# pool: "))
-        .unwrap_or_else(|| panic!("no pool line in:\n{text}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    // "# pool: N idle threads, M events queued"
-    (words[2].parse().unwrap(), words[5].parse().unwrap())
+fn pool_line() -> (u64, u64) {
+    proc_aem_counts("self", "pool")
 }
 
 /// Senders that each let one busy pool handler return.
@@ -275,9 +269,11 @@ fn exec_3_one_event_never_runs_on_two_threads_at_once_but_two_events_do() {
     until("both handlers together", || done.load(SeqCst) == 2);
 }
 
-#[test]
-fn exec_3_the_most_recently_idle_thread_takes_the_next_event() {
-    let pool = Pool::new(4).unwrap();
+/// Run `n` events on `pool`, one at a time, each once all of its threads
+/// are idle again (after the last one went back to sleep): the thread
+/// ids that ran them, in order.
+fn record_tids(pool: &Pool, n: usize) -> Vec<i64> {
+    let threads = pool.threads() as u64;
     let efd = eventfd();
     let tids = Arc::new(Mutex::new(Vec::new()));
     let (t, theirs) = (tids.clone(), efd.try_clone().unwrap());
@@ -288,13 +284,19 @@ fn exec_3_the_most_recently_idle_thread_takes_the_next_event() {
             Action::Rearm
         })
         .unwrap();
-    for i in 1..=30 {
-        // Each event after the last thread went back to sleep.
-        until("an idle pool", || pool_line().0 == 4);
+    for i in 1..=n {
+        until("an idle pool", || pool_line().0 == threads);
         eventfd_add(&efd, 1);
         until("the handler", || tids.lock().unwrap().len() == i);
     }
-    let tids = tids.lock().unwrap();
+    let tids = tids.lock().unwrap().clone();
+    tids
+}
+
+#[test]
+fn exec_3_the_most_recently_idle_thread_takes_the_next_event() {
+    let pool = Pool::new(4).unwrap();
+    let tids = record_tids(&pool, 30);
     // LIFO: the thread that ran the last event is the first idle one.
     assert!(
         tids[1..].iter().all(|t| *t == tids[1]),
@@ -305,22 +307,7 @@ fn exec_3_the_most_recently_idle_thread_takes_the_next_event() {
 #[test]
 fn exec_3_a_round_robin_pool_wakes_its_threads_in_turn() {
     let pool = Pool::with_wake_order(3, WakeOrder::RoundRobin).unwrap();
-    let efd = eventfd();
-    let tids = Arc::new(Mutex::new(Vec::new()));
-    let (t, theirs) = (tids.clone(), efd.try_clone().unwrap());
-    let _reg = pool
-        .on_event(readable(&efd), Options::new(), move |_| {
-            drain(&theirs);
-            t.lock().unwrap().push(gettid());
-            Action::Rearm
-        })
-        .unwrap();
-    for i in 1..=12 {
-        until("an idle pool", || pool_line().0 == 3);
-        eventfd_add(&efd, 1);
-        until("the handler", || tids.lock().unwrap().len() == i);
-    }
-    let tids = tids.lock().unwrap();
+    let tids = record_tids(&pool, 12);
     // FIFO: the longest idle thread is woken, so the three take turns.
     let mut first: Vec<i64> = tids[..3].to_vec();
     first.sort_unstable();
