@@ -162,6 +162,7 @@ build() {
 	make -s -C "$TREE" O="$OBJ" CC="$cc" LOCALVERSION= -j"$JOBS" bzImage
 	make -s -C "$TREE" O="$OBJ" headers_install INSTALL_HDR_PATH="$OBJ/uapi" >/dev/null
 	cp "$OBJ/arch/x86/boot/bzImage" "$BUILD/bzImage-$KCONFIG"
+	build_modules "$cc"
 	# The crates build against the default kernel's headers; the debug
 	# kernel has the same UAPI.
 	if [ "$KCONFIG" = default ]; then
@@ -169,6 +170,20 @@ build() {
 		cp -r "$OBJ/uapi" "$BUILD/uapi"
 	fi
 	log "built $BUILD/bzImage-$KCONFIG: $(cat "$OBJ/include/config/kernel.release")"
+}
+
+# The sample module (samples/aem), built out of tree against this kernel
+# as a driver vendor would build one, into build/modules-$KCONFIG; the
+# guest finds it in /lib/modules (qemu/guest.sh).  A module fits the
+# kernel flavour it was built for only: each flavour has its own.
+build_modules() {
+	local cc=$1 mod="$BUILD/modules-$KCONFIG"
+	make -s -C "$TREE" O="$OBJ" CC="$cc" LOCALVERSION= -j"$JOBS" modules
+	rm -rf "$mod" && mkdir -p "$mod/aem"
+	cp "$TREE"/samples/aem/{Makefile,*.c} "$mod/aem/"
+	make -s -C "$OBJ" M="$mod/aem" CC="$cc" CONFIG_SAMPLE_AEM=m modules
+	cp "$mod/aem/aem_sample.ko" "$mod/"
+	log "built $mod/aem_sample.ko"
 }
 
 export_series() {

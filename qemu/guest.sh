@@ -41,6 +41,12 @@ for f in "${files[@]}"; do
 	[ -f "$f" ] || { echo "guest: --file $f: no such file" >&2; exit 2; }
 	cp "$f" "$work/extra/aem/bin/"
 done
+# The modules built for this kernel (build/modules-$KCONFIG), such as the
+# sample event source: a module fits the flavour it was built for only.
+if compgen -G "$TOP/build/modules-$KCONFIG/*.ko" >/dev/null; then
+	mkdir -p "$work/extra/lib/modules"
+	cp "$TOP/build/modules-$KCONFIG"/*.ko "$work/extra/lib/modules/"
+fi
 "$TOP/rootfs/mkcpio.py" "$work/extra.cpio.gz" "$work/extra"
 # The kernel unpacks concatenated archives in order: ours lands on top.
 cat "$ROOTFS" "$work/extra.cpio.gz" >"$work/initrd"

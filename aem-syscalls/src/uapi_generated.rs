@@ -27,6 +27,10 @@ pub const AEM_TIMER_ABSTIME: u32 = 1;
 pub const AEM_ACCEPT_NONBLOCK: u32 = 1;
 pub const AEM_ACCEPT_CLOEXEC: u32 = 2;
 pub const AEM_READ_MAX_LEN: u32 = 1073741824;
+pub const AEM_SOURCE_MAX_WATCHES: u32 = 1024;
+pub const AEM_TOPIC_QUEUE: u32 = 16;
+pub const AEM_TOPIC_OPEN_SIZE_VER0: u32 = 24;
+pub const AEM_TOPIC_NAME_MAX: u32 = 255;
 pub const AEM_EVENT_ATTR_SIZE_VER0: u32 = 88;
 pub const AEM_CTL_ENABLE: u32 = 1;
 pub const AEM_CTL_DISABLE: u32 = 2;
@@ -37,6 +41,7 @@ pub const AEM_CTL_BLOCK: u32 = 6;
 pub const AEM_CTL_UNBLOCK: u32 = 7;
 pub const AEM_CTL_DELIVER: u32 = 8;
 pub const AEM_CTL_END_WAIT: u32 = 9;
+pub const AEM_CTL_TOPIC_OPEN: u32 = 10;
 pub const AEM_THREAD_AREA_SIZE_VER0: u32 = 8;
 pub const AEM_THREAD_AREA_UNREGISTER: u32 = 1;
 pub const AEM_HANDLER_REARM: u32 = 0;
@@ -199,7 +204,64 @@ const _: () = {
     ["Offset of field: aem_process_source::reserved"]
         [::core::mem::offset_of!(aem_process_source, reserved) - 12usize];
 };
-#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the inline handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @process:   source arguments for AEM_SOURCE_PROCESS_EXIT.\n @raw:       the union's size; unused bytes must be 0."]
+#[doc = " struct aem_topic_source - AEM_SOURCE_TOPIC arguments\n @fd:    a topic, opened readable (AEM_CTL_TOPIC_OPEN with O_RDONLY or\n         O_RDWR).  The subscription holds the topic, not the descriptor.\n @flags: must be 0.\n\n The event fires once per publication, in the topic's order.  Each\n record is one publication: data\\[0\\] its payload, data\\[1\\] its sequence\n number (1, 2, ... per topic, the order every subscriber sees).  A\n subscriber that falls AEM_TOPIC_QUEUE publications behind gets the\n further ones summed up in its newest record: count publications, the\n payload and sequence number of the last."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_topic_source {
+    pub fd: __s32,
+    pub flags: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_topic_source"][::core::mem::size_of::<aem_topic_source>() - 8usize];
+    ["Alignment of aem_topic_source"][::core::mem::align_of::<aem_topic_source>() - 4usize];
+    ["Offset of field: aem_topic_source::fd"]
+        [::core::mem::offset_of!(aem_topic_source, fd) - 0usize];
+    ["Offset of field: aem_topic_source::flags"]
+        [::core::mem::offset_of!(aem_topic_source, flags) - 4usize];
+};
+#[doc = " struct aem_topic_open - AEM_CTL_TOPIC_OPEN arguments\n @size:     sizeof(struct aem_topic_open) as user space knows it.\n @flags:    O_RDONLY (subscribe), O_WRONLY (publish) or O_RDWR, and\n            O_CREAT, O_EXCL, O_CLOEXEC; nothing else.\n @mode:     with O_CREAT: the new topic's permission bits (0777 at\n            most), less the umask, as for open(2).  Read permission lets\n            a user subscribe, write permission publish.\n @reserved: must be 0.\n @name:     user address of the topic's name: 1 to AEM_TOPIC_NAME_MAX\n            bytes and a NUL, no '/'.\n\n A topic is owned by the effective user and group that created it and\n lives while a descriptor or a subscription refers to it; its name is\n free again after that.  Publishing is write(2) of 8-byte payloads."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_topic_open {
+    pub size: __u32,
+    pub flags: __u32,
+    pub mode: __u32,
+    pub reserved: __u32,
+    pub name: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_topic_open"][::core::mem::size_of::<aem_topic_open>() - 24usize];
+    ["Alignment of aem_topic_open"][::core::mem::align_of::<aem_topic_open>() - 8usize];
+    ["Offset of field: aem_topic_open::size"]
+        [::core::mem::offset_of!(aem_topic_open, size) - 0usize];
+    ["Offset of field: aem_topic_open::flags"]
+        [::core::mem::offset_of!(aem_topic_open, flags) - 4usize];
+    ["Offset of field: aem_topic_open::mode"]
+        [::core::mem::offset_of!(aem_topic_open, mode) - 8usize];
+    ["Offset of field: aem_topic_open::reserved"]
+        [::core::mem::offset_of!(aem_topic_open, reserved) - 12usize];
+    ["Offset of field: aem_topic_open::name"]
+        [::core::mem::offset_of!(aem_topic_open, name) - 16usize];
+};
+#[doc = " struct aem_module_source - AEM_SOURCE_MODULE arguments\n @type:  an event type a kernel module or driver added: the number in\n         /sys/kernel/aem/types/<name>/type.\n @flags: must be 0.\n\n The record's data\\[0\\] sums the data of the notifications it counts,\n data\\[1\\] is @type.  The module stays loaded while registrations exist."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_module_source {
+    pub type_: __u32,
+    pub flags: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_module_source"][::core::mem::size_of::<aem_module_source>() - 8usize];
+    ["Alignment of aem_module_source"][::core::mem::align_of::<aem_module_source>() - 4usize];
+    ["Offset of field: aem_module_source::type_"]
+        [::core::mem::offset_of!(aem_module_source, type_) - 0usize];
+    ["Offset of field: aem_module_source::flags"]
+        [::core::mem::offset_of!(aem_module_source, flags) - 4usize];
+};
+#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the inline handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @process:   source arguments for AEM_SOURCE_PROCESS_EXIT.\n @topic:     source arguments for AEM_SOURCE_TOPIC.\n @module:    source arguments for AEM_SOURCE_MODULE.\n @raw:       the union's size; unused bytes must be 0."]
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct aem_event_attr {
@@ -221,6 +283,8 @@ pub union aem_event_attr__bindgen_ty_1 {
     pub read: aem_read_source,
     pub socket: aem_socket_source,
     pub process: aem_process_source,
+    pub topic: aem_topic_source,
+    pub module: aem_module_source,
     pub raw: [__u64; 6usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -241,6 +305,10 @@ const _: () = {
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, socket) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::process"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, process) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::topic"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, topic) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::module"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, module) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::raw"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, raw) - 0usize];
 };

@@ -275,7 +275,7 @@ fn api_3_register_rejects_bad_arguments() {
         ("unknown source", |a| a.source = 77),
         ("source 0", |a| a.source = 0),
         ("unimplemented source", |a| {
-            a.source = uapi::aem_source_kind::AEM_SOURCE_TOPIC
+            a.source = uapi::aem_source_kind::AEM_SOURCE_OVERLOAD
         }),
         ("unknown flag", |a| a.flags = 1 << 20),
         ("reserved0", |a| a.reserved0 = 1),
