@@ -27,6 +27,11 @@ pub const AEM_TIMER_ABSTIME: u32 = 1;
 pub const AEM_ACCEPT_NONBLOCK: u32 = 1;
 pub const AEM_ACCEPT_CLOEXEC: u32 = 2;
 pub const AEM_READ_MAX_LEN: u32 = 1073741824;
+pub const AEM_OVERLOAD_CPU: u32 = 0;
+pub const AEM_OVERLOAD_MEMORY: u32 = 1;
+pub const AEM_OVERLOAD_IO: u32 = 2;
+pub const AEM_OVERLOAD_FULL: u32 = 1;
+pub const AEM_WATCH_SHARED: u32 = 1;
 pub const AEM_SOURCE_MAX_WATCHES: u32 = 1024;
 pub const AEM_TOPIC_QUEUE: u32 = 16;
 pub const AEM_TOPIC_OPEN_SIZE_VER0: u32 = 24;
@@ -204,6 +209,55 @@ const _: () = {
     ["Offset of field: aem_process_source::reserved"]
         [::core::mem::offset_of!(aem_process_source, reserved) - 12usize];
 };
+#[doc = " struct aem_overload_source - AEM_SOURCE_OVERLOAD arguments\n @resource:     AEM_OVERLOAD_CPU, AEM_OVERLOAD_MEMORY or AEM_OVERLOAD_IO.\n @flags:        AEM_OVERLOAD_FULL, or 0 for \"some\" stall time.\n @threshold_us: the stall time within a window that fires, 1 .. @window_us.\n @window_us:    the window, 500000 .. 10000000 us (PSI's limits); a\n                multiple of 2 s without CAP_SYS_RESOURCE.\n @cgroup_fd:    -1 for the whole system, or a cgroup v2 directory's fd\n                for the pressure of that cgroup's tasks.\n @reserved:     must be 0.\n\n A PSI trigger, as written to /proc/pressure/<resource> or a cgroup's\n <resource>.pressure (\"some 150000 1000000\").  The event fires at most\n once per window while the stall time crosses the threshold, and once\n more when two windows pass without a firing: the pressure cleared.  A\n record's data\\[0\\] is the state at its delivery, 1 overloaded or 0\n cleared; data\\[1\\] counts the firings it sums up."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_overload_source {
+    pub resource: __u32,
+    pub flags: __u32,
+    pub threshold_us: __u32,
+    pub window_us: __u32,
+    pub cgroup_fd: __s32,
+    pub reserved: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_overload_source"][::core::mem::size_of::<aem_overload_source>() - 24usize];
+    ["Alignment of aem_overload_source"][::core::mem::align_of::<aem_overload_source>() - 4usize];
+    ["Offset of field: aem_overload_source::resource"]
+        [::core::mem::offset_of!(aem_overload_source, resource) - 0usize];
+    ["Offset of field: aem_overload_source::flags"]
+        [::core::mem::offset_of!(aem_overload_source, flags) - 4usize];
+    ["Offset of field: aem_overload_source::threshold_us"]
+        [::core::mem::offset_of!(aem_overload_source, threshold_us) - 8usize];
+    ["Offset of field: aem_overload_source::window_us"]
+        [::core::mem::offset_of!(aem_overload_source, window_us) - 12usize];
+    ["Offset of field: aem_overload_source::cgroup_fd"]
+        [::core::mem::offset_of!(aem_overload_source, cgroup_fd) - 16usize];
+    ["Offset of field: aem_overload_source::reserved"]
+        [::core::mem::offset_of!(aem_overload_source, reserved) - 20usize];
+};
+#[doc = " struct aem_memory_watch_source - AEM_SOURCE_MEMORY_WATCH arguments\n @addr:     user address of the watched 32-bit word, 4-byte aligned.\n @flags:    AEM_WATCH_SHARED: writers in other processes, through a\n            shared mapping, wake it with a shared FUTEX_WAKE (without\n            FUTEX_PRIVATE_FLAG); without it, the process's own threads\n            do, with FUTEX_WAKE_PRIVATE.\n @reserved: must be 0.\n\n Cooperative, as futexes are: a writer stores to the word, then calls\n FUTEX_WAKE (or FUTEX_WAKE_BITSET, futex_wake(2)) on it; FUTEX_WAKE_OP\n reports both of its words.  A write without a wake is not seen.  The\n watch is not a waiter: it takes no wake-up from the futex's waiters.\n A record's data\\[0\\] is the word's value at delivery, data\\[1\\] the value\n the previous record (or the registration) saw; a wake that left the\n word unchanged delivers nothing, and count is the wakes a record sums\n up.  A word that can no longer be read is reported as -EFAULT in\n data\\[0\\], and the event is disabled."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aem_memory_watch_source {
+    pub addr: __u64,
+    pub flags: __u32,
+    pub reserved: __u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aem_memory_watch_source"]
+        [::core::mem::size_of::<aem_memory_watch_source>() - 16usize];
+    ["Alignment of aem_memory_watch_source"]
+        [::core::mem::align_of::<aem_memory_watch_source>() - 8usize];
+    ["Offset of field: aem_memory_watch_source::addr"]
+        [::core::mem::offset_of!(aem_memory_watch_source, addr) - 0usize];
+    ["Offset of field: aem_memory_watch_source::flags"]
+        [::core::mem::offset_of!(aem_memory_watch_source, flags) - 8usize];
+    ["Offset of field: aem_memory_watch_source::reserved"]
+        [::core::mem::offset_of!(aem_memory_watch_source, reserved) - 12usize];
+};
 #[doc = " struct aem_topic_source - AEM_SOURCE_TOPIC arguments\n @fd:    a topic, opened readable (AEM_CTL_TOPIC_OPEN with O_RDONLY or\n         O_RDWR).  The subscription holds the topic, not the descriptor.\n @flags: must be 0.\n\n The event fires once per publication, in the topic's order.  Each\n record is one publication: data\\[0\\] its payload, data\\[1\\] its sequence\n number (1, 2, ... per topic, the order every subscriber sees).  A\n subscriber that falls AEM_TOPIC_QUEUE publications behind gets the\n further ones summed up in its newest record: count publications, the\n payload and sequence number of the last."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
@@ -261,7 +315,7 @@ const _: () = {
     ["Offset of field: aem_module_source::flags"]
         [::core::mem::offset_of!(aem_module_source, flags) - 4usize];
 };
-#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the inline handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @process:   source arguments for AEM_SOURCE_PROCESS_EXIT.\n @topic:     source arguments for AEM_SOURCE_TOPIC.\n @module:    source arguments for AEM_SOURCE_MODULE.\n @raw:       the union's size; unused bytes must be 0."]
+#[doc = " struct aem_event_attr - what aem_register() registers\n @source:    AEM_SOURCE_* kind; its bit must be set in aem_features.sources.\n @flags:     AEM_EV_* flags.\n @priority:  0 .. AEM_PRIO_MAX; pending events are delivered highest\n             priority first, then in activation order.\n @reserved0: must be 0.\n @handler:   user address of the inline handler; 0 registers a polled\n             event, delivered as a record by aem_wait().  The handler runs\n             on the registering thread, like a signal handler, as\n             long handler(long id, const struct aem_record *rec,\n                          ucontext_t *uc);\n             and its return value is an AEM_HANDLER_* verdict.\n @restorer:  with @handler: where the handler returns to, code that calls\n             aem_return() with the handler's return value (rax); the\n             SA_RESTORER of AEM.  0 with a polled event.\n @cookie:    user data, returned unchanged with every delivery.\n @fd:        source arguments for AEM_SOURCE_FD.\n @timer:     source arguments for AEM_SOURCE_TIMER.\n @accept:    source arguments for AEM_SOURCE_ACCEPT.\n @read:      source arguments for AEM_SOURCE_READ.\n @socket:    source arguments for AEM_SOURCE_SOCKET_STATE.\n @process:   source arguments for AEM_SOURCE_PROCESS_EXIT.\n @topic:     source arguments for AEM_SOURCE_TOPIC.\n @overload:  source arguments for AEM_SOURCE_OVERLOAD.\n @memory:    source arguments for AEM_SOURCE_MEMORY_WATCH.\n @module:    source arguments for AEM_SOURCE_MODULE.\n @raw:       the union's size; unused bytes must be 0."]
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct aem_event_attr {
@@ -284,6 +338,8 @@ pub union aem_event_attr__bindgen_ty_1 {
     pub socket: aem_socket_source,
     pub process: aem_process_source,
     pub topic: aem_topic_source,
+    pub overload: aem_overload_source,
+    pub memory: aem_memory_watch_source,
     pub module: aem_module_source,
     pub raw: [__u64; 6usize],
 }
@@ -307,6 +363,10 @@ const _: () = {
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, process) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::topic"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, topic) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::overload"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, overload) - 0usize];
+    ["Offset of field: aem_event_attr__bindgen_ty_1::memory"]
+        [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, memory) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::module"]
         [::core::mem::offset_of!(aem_event_attr__bindgen_ty_1, module) - 0usize];
     ["Offset of field: aem_event_attr__bindgen_ty_1::raw"]
