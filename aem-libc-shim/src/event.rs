@@ -17,6 +17,7 @@ use std::sync::{Arc, Weak};
 
 use aem_syscalls::uapi;
 
+use crate::module_type::ModuleType;
 use crate::owner::Owner;
 use crate::socket::{AcceptFlags, StateChange};
 use crate::{Errno, Error, SourceKind};
@@ -110,8 +111,10 @@ pub enum Expiry {
 /// What an event watches.
 ///
 /// Made with its constructors ([`Source::fd`], [`Source::accept`],
-/// [`Source::socket_state`], [`Source::timer`], and the timer shorthands
-/// [`Source::after`] and [`Source::periodic`]); the variants are
+/// [`Source::socket_state`], [`Source::timer`], the timer shorthands
+/// [`Source::after`] and [`Source::periodic`], [`Source::process_exit`],
+/// [`Source::child_exit`], [`Source::topic`] and [`Source::module`]);
+/// the variants are
 /// `#[non_exhaustive]`, so that sources and their parameters can grow, and
 /// their fields are public to read.
 ///
@@ -176,6 +179,24 @@ pub enum Source<'fd> {
     ProcessExit {
         /// The process.
         process: Process<'fd>,
+    },
+    /// A subscription to a topic: one record per publication, in the
+    /// topic's order ([`EventData::Topic`], [`Source::topic`],
+    /// [`Topic::source`](crate::Topic::source)).  The kernel holds the
+    /// topic, not the descriptor: the subscription outlives it.
+    #[non_exhaustive]
+    Topic {
+        /// A descriptor of the topic, opened for subscribing
+        /// ([`TopicOptions::subscribe`](crate::TopicOptions::subscribe)).
+        topic: BorrowedFd<'fd>,
+    },
+    /// Notifications of an event type a driver or module added
+    /// ([`EventData::Module`], [`Source::module`]).  The module stays
+    /// loaded while the event is registered.
+    #[non_exhaustive]
+    Module {
+        /// The type.
+        type_: ModuleType,
     },
 }
 
@@ -250,6 +271,22 @@ impl<'fd> Source<'fd> {
     /// first time one `period` after registration.
     pub const fn periodic(period: Duration) -> Source<'fd> {
         Source::timer(Clock::Monotonic, Expiry::After(period), Some(period))
+    }
+
+    /// The publications of the topic `topic` is a descriptor of, opened
+    /// for subscribing (a [`Topic`](crate::Topic)'s
+    /// [`as_fd`](std::os::fd::AsFd::as_fd), or one received from another
+    /// process).  Registering fails with `EINVAL` when `topic` is not a
+    /// topic, `EBADF` when it was not opened readable.
+    pub const fn topic(topic: BorrowedFd<'fd>) -> Source<'fd> {
+        Source::Topic { topic }
+    }
+
+    /// The notifications of the event type `type_`
+    /// ([`ModuleType::by_name`]).  Registering fails with `ENOENT` when
+    /// the type does not exist (any more).
+    pub const fn module(type_: ModuleType) -> Source<'fd> {
+        Source::Module { type_ }
     }
 }
 
@@ -494,6 +531,20 @@ pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_
                 reserved: 0,
             };
         }
+        Source::Topic { topic } => {
+            attr.source = SourceKind::Topic.raw();
+            attr.__bindgen_anon_1.topic = uapi::aem_topic_source {
+                fd: topic.as_raw_fd(),
+                flags: 0,
+            };
+        }
+        Source::Module { type_ } => {
+            attr.source = SourceKind::Module.raw();
+            attr.__bindgen_anon_1.module = uapi::aem_module_source {
+                type_: type_.raw(),
+                flags: 0,
+            };
+        }
     }
     attr
 }
@@ -654,6 +705,35 @@ pub enum EventData {
         /// How it ended.
         status: Option<ExitStatus>,
     },
+    /// A publication to a topic.  The record's `count` is 1, or, when the
+    /// subscriber fell more than `AEM_TOPIC_QUEUE` (16) publications
+    /// behind, the number of publications this record sums up: `payload`
+    /// and `seq` are then the last one's, and the sequence numbers skip
+    /// the rest.
+    Topic {
+        /// What was published.
+        payload: u64,
+        /// Its number in the topic: 1, 2, ..., the order every subscriber
+        /// sees.
+        seq: u64,
+    },
+    /// Notifications of a driver's or module's event type: `count` of
+    /// them, their data summed up.
+    Module {
+        /// The sum of the notifications' data.
+        data: u64,
+        /// The type notified.
+        type_: ModuleType,
+    },
+    /// The last record of an event on a built-in driver's type that went
+    /// away (a device removed): the event is disabled, and will not fire
+    /// again.  `count` counts the end too, with the notifications not
+    /// delivered before it, whose data `data` sums.  (A module's type
+    /// cannot go while it is watched: the registration keeps the module.)
+    ModuleGone {
+        /// The sum of the data of the notifications counted with the end.
+        data: u64,
+    },
     /// A source this crate does not know yet.
     Other {
         /// The record's source number.
@@ -705,6 +785,9 @@ impl PartialEq for EventData {
             (D::Read { result: a }, D::Read { result: b }) => a == b,
             (D::SocketState(a), D::SocketState(b)) => a == b,
             (D::ProcessExit { status: a }, D::ProcessExit { status: b }) => a == b,
+            (D::Topic { payload: a, seq: c }, D::Topic { payload: b, seq: d }) => a == b && c == d,
+            (D::Module { data: a, type_: c }, D::Module { data: b, type_: d }) => a == b && c == d,
+            (D::ModuleGone { data: a }, D::ModuleGone { data: b }) => a == b,
             (D::Other { source: a, data: c }, D::Other { source: b, data: d }) => a == b && c == d,
             _ => false,
         }
@@ -776,6 +859,19 @@ impl Record {
             }
             s if s == SourceKind::ProcessExit.raw() => EventData::ProcessExit {
                 status: exit_status(r.data),
+            },
+            s if s == SourceKind::Topic.raw() => EventData::Topic {
+                payload: r.data[0],
+                seq: r.data[1],
+            },
+            // Type 0 names no type: the end of a built-in driver's type.
+            s if s == SourceKind::Module.raw() && r.data[1] == 0 => {
+                EventData::ModuleGone { data: r.data[0] }
+            }
+            s if s == SourceKind::Module.raw() => EventData::Module {
+                data: r.data[0],
+                // A type number is a u32: the kernel zero-extends it.
+                type_: ModuleType::from_raw(r.data[1] as u32),
             },
             source => EventData::Other {
                 source,
@@ -866,7 +962,7 @@ pub fn context_fd() -> Result<OwnedFd, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::IntoRawFd;
+    use std::os::fd::{AsFd, IntoRawFd};
 
     #[test]
     fn options_builders_set_each_field() {
@@ -921,6 +1017,77 @@ mod tests {
         assert!(ev.contains(FdEvents::IN));
         assert_eq!(ev.bits(), raw);
         assert_eq!(FdEvents::default(), FdEvents::empty());
+    }
+
+    #[test]
+    fn topic_and_module_sources_fill_their_arguments() {
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+        let attr = attr_for(Source::topic(r.as_fd()), Options::new().priority(3));
+        assert_eq!(attr.source, uapi::aem_source_kind::AEM_SOURCE_TOPIC);
+        // SAFETY: reading the union member attr_for just wrote.
+        let topic = unsafe { attr.__bindgen_anon_1.topic };
+        assert_eq!((topic.fd, topic.flags), (r.as_raw_fd(), 0));
+        // SAFETY: the raw view of the same union: the rest stays 0.
+        assert!(unsafe { attr.__bindgen_anon_1.raw }[1..]
+            .iter()
+            .all(|&w| w == 0));
+        let attr = attr_for(Source::module(ModuleType::from_raw(9)), Options::new());
+        assert_eq!(attr.source, uapi::aem_source_kind::AEM_SOURCE_MODULE);
+        // SAFETY: reading the union member attr_for just wrote.
+        let module = unsafe { attr.__bindgen_anon_1.module };
+        assert_eq!((module.type_, module.flags), (9, 0));
+    }
+
+    fn decode(source: u32, count: u64, data: [u64; 2]) -> Record {
+        let raw = uapi::aem_record {
+            id: 4,
+            source,
+            cookie: 5,
+            count,
+            data,
+        };
+        // SAFETY: not an accept record: it carries no descriptor.
+        unsafe { Record::from_raw(&raw) }
+    }
+
+    #[test]
+    fn topic_and_module_records_decode() {
+        use uapi::aem_source_kind as k;
+        let rec = decode(k::AEM_SOURCE_TOPIC, 7, [u64::MAX, 40]);
+        assert_eq!(
+            (rec.count, rec.data),
+            (
+                7,
+                EventData::Topic {
+                    payload: u64::MAX,
+                    seq: 40
+                }
+            )
+        );
+        let rec = decode(k::AEM_SOURCE_MODULE, 2, [8, 3]);
+        assert_eq!(
+            rec.data,
+            EventData::Module {
+                data: 8,
+                type_: ModuleType::from_raw(3)
+            }
+        );
+        let rec = decode(k::AEM_SOURCE_MODULE, 3, [8, 0]);
+        assert_eq!(
+            (rec.count, rec.data),
+            (3, EventData::ModuleGone { data: 8 })
+        );
+        assert_ne!(
+            EventData::Module {
+                data: 8,
+                type_: ModuleType::from_raw(3)
+            },
+            EventData::ModuleGone { data: 8 }
+        );
+        assert_ne!(
+            EventData::Topic { payload: 1, seq: 2 },
+            EventData::Topic { payload: 1, seq: 3 }
+        );
     }
 
     fn accept_record(d0: u64) -> uapi::aem_record {

@@ -25,6 +25,11 @@
 //! - [`Source`] (made with [`Source::fd`], [`Source::periodic`], ...) and
 //!   [`Options`] (made with [`Options::new`] and chainable setters): what
 //!   an event watches and how it is delivered, in every mode below.
+//! - [`Topic`] (opened with [`TopicOptions`]) and [`ModuleType`]: the
+//!   sources that are not files -- named publish/subscribe channels
+//!   between processes and from the kernel ([`Source::topic`],
+//!   [`EventData::Topic`]), and the event types drivers and modules add
+//!   ([`Source::module`], [`EventData::Module`]).
 //! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
 //!   taken as records (polled delivery), with RAII registrations.  A
 //!   [`Record`] owns what it carries: an accepted connection not taken out
@@ -130,6 +135,7 @@ mod fork;
 mod inline;
 pub mod io;
 pub mod log;
+mod module_type;
 mod owner;
 pub mod panic;
 mod pool;
@@ -137,6 +143,7 @@ mod read;
 mod signal;
 mod socket;
 pub mod sync;
+mod topic;
 #[cfg(feature = "tracing")]
 pub mod tracing;
 
@@ -156,9 +163,11 @@ pub use fork::{on_event_forked, spawn_on_event, ForkRegistration, Reap};
 pub use inline::{
     block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
 };
+pub use module_type::ModuleType;
 pub use pool::{Pool, PoolRegistration, WakeOrder};
 pub use read::{register_read, ReadRegistration};
 pub use signal::{on_signals, Signal, SignalRegistration};
 pub use socket::{
     on_accept, on_read, on_socket_state, AcceptFlags, ReadEvent, StateChange, TcpState,
 };
+pub use topic::{Topic, TopicInfo, TopicOptions};

@@ -68,6 +68,9 @@ proptest! {
         let d0 = if exit { d0 % 5 } else { d0 };
         // ... and signals 0 and 0x7f, which a wait status cannot tell.
         let d1 = if exit && d1 % 4 == 0 { (d1 & !0x7f) | (((d1 >> 8) & 1) * 0x7f) } else { d1 };
+        // A module record's type 0 is the end of a driver's type: hit it.
+        let module = source == uapi::aem_source_kind::AEM_SOURCE_MODULE;
+        let d1 = if module && d1 % 4 == 0 { 0 } else { d1 };
         let raw = uapi::aem_record { id, source, cookie, count, data: [d0, d1] };
         // SAFETY: an accept record's descriptor is a new one handed over.
         let rec = unsafe { aem::Record::from_raw(&raw) };
@@ -111,9 +114,22 @@ proptest! {
                 };
                 prop_assert_eq!(status, expected);
             }
+            EventData::Topic { payload, seq } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_TOPIC);
+                prop_assert_eq!((payload, seq), (d0, d1));
+            }
+            EventData::Module { data, type_ } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_MODULE);
+                prop_assert_ne!(d1, 0);
+                prop_assert_eq!((data, type_.raw()), (d0, d1 as u32));
+            }
+            EventData::ModuleGone { data } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_MODULE);
+                prop_assert_eq!((data, d1), (d0, 0));
+            }
             EventData::Other { source: s, data } => {
                 prop_assert_eq!((s, data), (source, [d0, d1]));
-                prop_assert!(![1, 2, 3, 4, 5, 6].contains(&source), "source {} not decoded", source);
+                prop_assert!(![1, 2, 3, 4, 5, 6, 7, 10].contains(&source), "source {} not decoded", source);
             }
             other => prop_assert!(false, "a variant this test does not know: {:?}", other),
         }

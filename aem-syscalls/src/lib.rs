@@ -19,6 +19,7 @@ compile_error!(
 );
 
 use core::fmt;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 pub mod uapi;
 
@@ -198,12 +199,44 @@ pub unsafe fn aem_register(
 /// `aem_ctl(id, op, arg)`: control a registration (`AEM_CTL_*`).
 ///
 /// Returns the call's non-negative result: 0, or a file descriptor for
-/// `AEM_CTL_CONTEXT_FD`, which the caller then owns.
+/// `AEM_CTL_CONTEXT_FD` and `AEM_CTL_TOPIC_OPEN`, which the caller then
+/// owns.
+///
+/// Safe for every `op` and `arg`: no operation writes to memory the
+/// caller names.  One takes a pointer: `AEM_CTL_TOPIC_OPEN`'s `arg` is
+/// the address of a `struct aem_topic_open`, which names the topic's name
+/// by address in turn, and the kernel only reads both (a bad address is
+/// `EFAULT`), so whatever `arg` holds, the call cannot change the
+/// program's memory.  [`aem_topic_open`] makes that call with a typed
+/// argument.  (`AEM_CTL_DELIVER` writes the thread's area, which only the
+/// `unsafe` [`aem_thread_area()`] registers.)
 ///
 /// See `docs/man/aem_ctl.2.md`.
 pub fn aem_ctl(id: i32, op: u32, arg: u64) -> Result<i32, Error> {
-    // SAFETY: aem_ctl takes no pointers.
+    // SAFETY: no operation writes through a pointer of the caller's:
+    // AEM_CTL_TOPIC_OPEN only reads `arg` (and the name it points at),
+    // faulting to EFAULT; AEM_CTL_DELIVER writes only a thread area, whose
+    // registration (`aem_thread_area`, unsafe) vouched for it.
     check(unsafe { libc::syscall(nr::AEM_CTL, id, op, arg) }).map(|r| r as i32)
+}
+
+/// `aem_ctl(0, AEM_CTL_TOPIC_OPEN, args)`: open or create the topic
+/// `args` describes, returning its new descriptor.
+///
+/// `args.size` must be `AEM_TOPIC_OPEN_SIZE_VER0` (24) or more, and
+/// `args.name` the address of the NUL-terminated name; the kernel checks
+/// every field (`EINVAL`, `ENAMETOOLONG`, `EFAULT`, ...).  Safe: the
+/// kernel only reads `*args` and the name, whatever `args.name` holds (a
+/// `size` above 24 makes it read, never write, past `*args`, and refuse
+/// non-zero bytes there with `E2BIG`).
+///
+/// See `docs/man/aem_ctl.2.md`.
+pub fn aem_topic_open(args: &uapi::aem_topic_open) -> Result<OwnedFd, Error> {
+    let arg = args as *const uapi::aem_topic_open as u64;
+    let fd = aem_ctl(0, uapi::AEM_CTL_TOPIC_OPEN, arg)?;
+    // SAFETY: the kernel just installed this descriptor for this call; no
+    // one else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `aem_wait(records, max, timeout, flags)`: take up to `max` pending
@@ -261,6 +294,27 @@ mod tests {
             std::io::Error::from(Errno::EMFILE).raw_os_error(),
             Some(libc::EMFILE)
         );
+    }
+
+    /// A host kernel without AEM answers the topic call, pointer and all,
+    /// with the typed error.
+    #[test]
+    fn topic_open_on_a_kernel_without_aem_is_not_available() {
+        let name = c"host.test";
+        let args = uapi::aem_topic_open {
+            size: core::mem::size_of::<uapi::aem_topic_open>() as u32,
+            flags: libc::O_RDONLY as u32,
+            name: name.as_ptr() as u64,
+            ..Default::default()
+        };
+        if let Err(e) = aem_topic_open(&args) {
+            assert!(
+                matches!(e, Error::NotAvailable | Error::Os(Errno::ENOENT)),
+                "{e:?}"
+            );
+        } else {
+            panic!("no topic host.test exists");
+        }
     }
 
     #[test]

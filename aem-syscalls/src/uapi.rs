@@ -7,5 +7,7 @@
 
 #![allow(non_camel_case_types, non_upper_case_globals, missing_docs)]
 #![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
+// The header's comments name paths such as /sys/kernel/aem/types/<name>/type.
+#![allow(rustdoc::invalid_html_tags)]
 
 include!("uapi_generated.rs");
