@@ -2,6 +2,10 @@
 # `make fuzz`: aem-fuzz (fuzz/), a seeded fuzzer of the six AEM system
 # calls, in a guest of the debug kernel (KASAN, lockdep, kmemleak, UBSAN):
 # root workers, then unprivileged ones (uid 65534, a low RLIMIT_NOFILE).
+# The sample module (build/modules-$KCONFIG/aem_sample.ko, in the guest's
+# /lib/modules when built) is loaded first, as root, so that its event
+# type and kernel topic are there to register on, and unloaded at the end:
+# a registration's module reference left behind fails the run (exit 4).
 # The guest's kmemleak scan runs after the command (rootfs/init), and
 # qemu/guest.sh fails the run (exit 125) on any kernel WARNING, BUG, oops,
 # KASAN/UBSAN report, kmemleak report or a guest that does not finish.
@@ -46,6 +50,28 @@ cmd="aem-fuzz --seed $seed --calls $root_calls ${args[*]}"
 if [ "$unpriv_calls" -gt 0 ]; then
 	cmd="$cmd && aem-fuzz --seed $((seed + 1)) --calls $unpriv_calls --unprivileged ${args[*]}"
 fi
+# Load the sample module (if it was built and copied in) as root before
+# the fuzzers; after them, unload it.  Children of the fuzzers may live
+# some 20 s longer (their watchdogs) and keep registrations meanwhile:
+# retry for 30 s.
+mod=/lib/modules/aem_sample.ko
+cmd="if [ -f $mod ]; then insmod $mod && echo 'fuzz: aem_sample loaded' || echo 'fuzz: insmod $mod failed'; fi
+$cmd
+st=\$?
+if [ \$st = 0 ] && grep -qs '^aem_sample ' /proc/modules; then
+	n=0
+	until rmmod aem_sample 2>/dev/null; do
+		n=\$((n + 1))
+		if [ \$n -ge 30 ]; then
+			echo \"fuzz: aem_sample still in use 30 s after the run: refcnt \$(cat /sys/module/aem_sample/refcnt)\"
+			st=4
+			break
+		fi
+		sleep 1
+	done
+	[ \$st = 0 ] && echo 'fuzz: aem_sample unloaded'
+fi
+exit \$st"
 
 # Under TCG on two shared CPUs the debug kernel takes some 250 calls a
 # second, the default kernel some 2000: allow for that, plus the boot and
@@ -62,6 +88,7 @@ qemu/guest.sh --file "$bin" -- "$cmd" || rc=$?
 echo "fuzz: guest exit $rc after $(($(date +%s) - start)) s"
 case $rc in
 0) echo "fuzz: ok" ;;
+4) echo "fuzz: FAILED: the sample module stayed pinned after the run (a leaked module reference?)" ;;
 125) echo "fuzz: FAILED: a kernel report, a hang or a crash (the console is above)" ;;
 *) echo "fuzz: FAILED: aem-fuzz exit $rc (a worker hung or died; its seed and last operation are above)" ;;
 esac

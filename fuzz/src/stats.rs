@@ -51,10 +51,14 @@ pub enum Counter {
     Storms,
     /// Overload toggles written to kernel.aem_overload.
     Overloads,
+    /// Topics opened or created (AEM_CTL_TOPIC_OPEN that returned an fd).
+    TopicOpens,
+    /// Payloads published to topics (8 bytes written each).
+    Publications,
 }
 
 /// How many [`Counter`]s there are.
-pub const COUNTERS: usize = 14;
+pub const COUNTERS: usize = 16;
 
 /// Names of the counters, in [`Counter`] order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
@@ -72,6 +76,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "threads",
     "storms",
     "overloads",
+    "topic_opens",
+    "publications",
 ];
 
 /// Most worker threads a run tracks (for the "last operation" report).

@@ -113,9 +113,11 @@ pub unsafe fn other(nr: i64, a: [u64; 6]) -> i64 {
     unsafe { raw(nr, a) }
 }
 
-/// `aem_ctl` with no pointer argument: always sound.
+/// `aem_ctl`: always sound.  Only AEM_CTL_TOPIC_OPEN takes a pointer,
+/// which the kernel only reads (a descriptor it may return is not
+/// tracked: closed at exit).
 pub fn ctl(id: u64, op: u64, arg: u64) -> i64 {
-    // SAFETY: aem_ctl takes no pointers.
+    // SAFETY: aem_ctl writes through no pointer.
     unsafe { aem(CTL, [id, op, arg, 0, 0, 0]) }
 }
 
