@@ -574,6 +574,53 @@ fn exec_2_a_flood_of_fork_events_is_coalesced_and_ends_with_its_unregistration()
 }
 
 #[test]
+fn exec_2_a_fork_event_that_stays_pending_lets_its_thread_run() {
+    assert_eq!(
+        in_child(|| {
+            use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+            // A level event on an eventfd that stays readable is pending
+            // again after every fork.  Each fork write-protects the
+            // thread's memory, so its next write faults; were the way out
+            // of that fault to fork again, the write would never complete.
+            // The thread must get on with its own work, writing private
+            // memory, while children keep starting.  A livelock ends at
+            // the watchdog's SIGALRM, and fails the test.
+            aem_conformance::watchdog(30);
+            let efd = eventfd();
+            eventfd_add(&efd, 1);
+            let options = Options::new().level(true);
+            // SAFETY: the handler does nothing.
+            let reg = unsafe { aem::on_event_forked(readable(&efd), options, Reap::Auto, |_| 0) }
+                .unwrap();
+            let counter = Box::new(AtomicU64::new(0));
+            let mut page = vec![0u8; 4096];
+            let end = Instant::now() + Duration::from_secs(2);
+            let mut i = 0usize;
+            while Instant::now() < end {
+                page[i % 4096] = i as u8;
+                counter.fetch_add(1, Relaxed);
+                i += 1;
+            }
+            let (children, refused) = fork_line();
+            drop(reg);
+            assert_eq!(refused, 0);
+            assert!(
+                children >= 2,
+                "{children} children: the event did not fire on"
+            );
+            assert!(
+                counter.load(Relaxed) > 1000,
+                "{} iterations beside {children} forks: the thread did not run",
+                counter.load(Relaxed)
+            );
+            std::hint::black_box(&page);
+            0
+        }),
+        0
+    );
+}
+
+#[test]
 fn exec_2_the_child_runs_at_the_events_priority() {
     assert_eq!(
         in_child(|| {
