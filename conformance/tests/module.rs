@@ -495,6 +495,14 @@ fn src_7_the_kernel_publishes_its_topic_to_a_non_root_subscriber() {
     await_word(shared, 0, 1, Some(child));
     fire(42);
     assert_eq!(reap(child), 0);
+    // Only the kernel publishes to its topics: not even root, whose
+    // CAP_DAC_OVERRIDE passes any mode, may open one for writing.
+    for options in [
+        TopicOptions::new().publish(true),
+        TopicOptions::new().publish(true).subscribe(true),
+    ] {
+        assert_eq!(options.open(TOPIC).map(drop), Err(err(libc::EACCES)));
+    }
 }
 
 #[test]

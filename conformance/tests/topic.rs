@@ -664,6 +664,18 @@ fn src_7_rejects_bad_open_arguments_with_exact_errnos() {
     eq(open_raw(b"", rdwr | creat, 0o600), &einval, "empty name");
     eq(open_raw(b"a/b", rdwr | creat, 0o600), &einval, "a '/'");
     eq(open_raw(b"/", rdwr | creat, 0o600), &einval, "'/' alone");
+    // Control characters would forge lines in fdinfo.
+    eq(
+        open_raw(b"a\nowner:\t5 5", rdwr | creat, 0o600),
+        &einval,
+        "a newline",
+    );
+    eq(
+        open_raw(b"tab\there", rdwr | creat, 0o600),
+        &einval,
+        "a tab",
+    );
+    eq(open_raw(b"del\x7f", rdwr | creat, 0o600), &einval, "DEL");
     let max = vec![b'n'; uapi::AEM_TOPIC_NAME_MAX as usize];
     eq(
         open_raw(&max, rdwr | creat | libc::O_EXCL, 0o600),
