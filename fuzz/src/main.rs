@@ -61,8 +61,8 @@ pub const AVOID_HANDLER_FORK: u32 = 1 << 7;
 /// Avoid: fork events that stay pending (level fd watches and topic
 /// subscriptions with AEM_EV_FORK) get AEM_EV_DISPATCH, one fork per
 /// enable -- a thread with such an event pending forks on every way out
-/// of its copy-on-write fault and never runs again (known bug d,
-/// `--repro fork-cow-livelock`).
+/// of its copy-on-write fault and never runs again (bug d, fixed by
+/// kernel patch 0053; `--repro fork-cow-livelock` checks a kernel for it).
 pub const AVOID_FORK_LIVELOCK: u32 = 1 << 8;
 
 /// The per-user topic limit, which root workers change now and then.
