@@ -113,6 +113,8 @@ cyclictest_row env AEM_ACCEL=tcg
 echo
 AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench exec3
 echo
+AEM_ACCEL=tcg qemu/guest.sh --file "$bench" aem-bench src9
+echo
 perf4 env AEM_ACCEL=tcg
 echo
 echo "== icount lens (-icount shift=0,sleep=off, -smp 1)"
@@ -128,5 +130,7 @@ icount qemu/guest.sh --file "$bench" aem-bench perf6
 cyclictest_row icount
 echo
 icount qemu/guest.sh --file "$bench" aem-bench exec3
+echo
+icount qemu/guest.sh --file "$bench" aem-bench src9
 echo
 perf4 icount

@@ -17,7 +17,9 @@
 //! `aem-bench perf2` and `aem-bench perf3`: see `scale.rs`.  `aem-bench
 //! perf5` (blocking delivery vs a sigprocmask pair): see `blocking.rs`.
 //! `aem-bench exec3` (handler pools vs an epoll thread feeding workers):
-//! see `pool.rs`.
+//! see `pool.rs`.  `aem-bench src9` (what the memory watch costs a
+//! writer, and its latency, against the futex it rides on): see
+//! `watch.rs`.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -282,6 +284,7 @@ mod blocking;
 mod contention;
 mod pool;
 mod scale;
+mod watch;
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "perf1".into());
@@ -301,8 +304,11 @@ fn main() {
         "perf5" => blocking::perf5(),
         "perf6" => contention::perf6(),
         "exec3" => pool::exec3(),
+        "src9" => watch::src9(),
         other => {
-            eprintln!("usage: aem-bench [perf1|perf2|perf3|perf5|perf6|exec3] (not {other:?})");
+            eprintln!(
+                "usage: aem-bench [perf1|perf2|perf3|perf5|perf6|exec3|src9] (not {other:?})"
+            );
             std::process::exit(2);
         }
     }
