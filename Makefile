@@ -31,7 +31,8 @@ TARGET := x86_64-unknown-linux-gnu
 GUEST_CARGO := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
 	cargo
 GUEST_BINS := $(addprefix target/$(TARGET)/release/,aem-demo http-aem http-epoll http-load \
-	aem-echo-server aem-pool-server aem-fork-server aem-periodic-timer aem-tokio-echo)
+	aem-echo-server aem-pool-server aem-fork-server aem-periodic-timer aem-tokio-echo \
+	aem-topic-pubsub aem-pressure-watch aem-word-watch aem-module-events)
 
 .PHONY: deps kernel kernel-tree export-patches kernel-reset rootfs run guest \
 	test test-debug fuzz bench bindings guest-bins kselftest
@@ -55,7 +56,8 @@ kernel-reset:
 guest-bins:
 	@$(GUEST_CARGO) build -q --release --target $(TARGET) -p aem-demo -p aem-http \
 		-p aem-echo-server -p aem-pool-server -p aem-fork-server -p aem-periodic-timer \
-		-p aem-tokio-echo
+		-p aem-tokio-echo -p aem-topic-pubsub -p aem-pressure-watch -p aem-word-watch \
+		-p aem-module-events
 
 rootfs: deps guest-bins
 	@rootfs/build.sh build/rootfs.cpio.gz $(if $(ROOTFS_OVERLAY),--overlay $(ROOTFS_OVERLAY)) $(GUEST_BINS)

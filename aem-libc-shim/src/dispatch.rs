@@ -108,7 +108,7 @@ where
 {
     not_handler_safe("aem::on_event");
     let cookie = NEXT_COOKIE.fetch_add(1, Ordering::Relaxed);
-    let mut attr = attr_for(source, options);
+    let mut attr = attr_for(source, options)?;
     attr.cookie = cookie;
     // In the table, locked, before the kernel has the registration: a
     // record may be dispatched by another thread as soon as it has.

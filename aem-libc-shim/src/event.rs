@@ -7,7 +7,7 @@
 //! that poll, select and epoll see readable while records are pending.
 
 use core::mem::size_of;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use core::time::Duration;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -17,7 +17,9 @@ use std::sync::{Arc, Weak};
 
 use aem_syscalls::uapi;
 
+use crate::memory_watch::Sharing;
 use crate::module_type::ModuleType;
+use crate::overload::Pressure;
 use crate::owner::Owner;
 use crate::socket::{AcceptFlags, StateChange};
 use crate::{Errno, Error, SourceKind};
@@ -113,8 +115,8 @@ pub enum Expiry {
 /// Made with its constructors ([`Source::fd`], [`Source::accept`],
 /// [`Source::socket_state`], [`Source::timer`], the timer shorthands
 /// [`Source::after`] and [`Source::periodic`], [`Source::process_exit`],
-/// [`Source::child_exit`], [`Source::topic`] and [`Source::module`]);
-/// the variants are
+/// [`Source::child_exit`], [`Source::topic`], [`Source::module`],
+/// [`Source::overload`] and [`Source::memory_watch`]); the variants are
 /// `#[non_exhaustive]`, so that sources and their parameters can grow, and
 /// their fields are public to read.
 ///
@@ -197,6 +199,22 @@ pub enum Source<'fd> {
     Module {
         /// The type.
         type_: ModuleType,
+    },
+    /// Pressure on the CPU, memory or I/O crossed a threshold, and later
+    /// cleared ([`EventData::Overload`], [`Source::overload`]).
+    #[non_exhaustive]
+    Overload {
+        /// The PSI trigger.
+        pressure: Pressure<'fd>,
+    },
+    /// A watched 32-bit word changed, as told by a wake after the store
+    /// ([`EventData::MemoryWatch`], [`Source::memory_watch`]).
+    #[non_exhaustive]
+    MemoryWatch {
+        /// The word.
+        word: &'fd AtomicU32,
+        /// Who wakes it.
+        sharing: Sharing,
     },
 }
 
@@ -287,6 +305,43 @@ impl<'fd> Source<'fd> {
     /// the type does not exist (any more).
     pub const fn module(type_: ModuleType) -> Source<'fd> {
         Source::Module { type_ }
+    }
+
+    /// Pressure crossing the threshold of the PSI trigger `pressure`
+    /// ([`Pressure`]: CPU, memory or I/O, system-wide or in a cgroup),
+    /// and clearing again.  Registering fails with `EINVAL` when PSI
+    /// refuses the trigger (a window outside 500 ms to 10 s, or not a
+    /// multiple of 2 s without `CAP_SYS_RESOURCE`; a threshold of 0 or
+    /// above the window; a time beyond `u32::MAX` microseconds), `EBADF`
+    /// when its cgroup is not a cgroup v2 directory, `EOPNOTSUPP` when
+    /// the kernel has PSI disabled.
+    pub const fn overload(pressure: Pressure<'fd>) -> Source<'fd> {
+        Source::Overload { pressure }
+    }
+
+    /// Changes of the 32-bit `word`, seen when a writer stores to it and
+    /// then wakes it ([`wake_watchers`](crate::wake_watchers) with the
+    /// same `sharing`, or any `FUTEX_WAKE` of the word): each record tells
+    /// the word's value at delivery and the one the previous record saw
+    /// ([`EventData::MemoryWatch`]).  For [`Sharing::Shared`], the word
+    /// lies in memory other processes map too.  Registering fails with
+    /// `EBUSY` when the word has `AEM_SOURCE_MAX_WATCHES` (1024) watches.
+    ///
+    /// The registration keeps the word's address, not a borrow of it:
+    /// the handles of registrations ([`Registration`] and those of the
+    /// other modes) have no lifetime, since the kernel holds what the
+    /// other sources name, files and processes, by reference; so `word`
+    /// need be borrowed only for the registering call, and the event may
+    /// outlive it.  That is sound because only the kernel uses the
+    /// address, and only to read the word, with the user-access routines
+    /// that fail rather than fault: were the memory freed while watched,
+    /// the watch would report whatever lies there then, on wakes of that
+    /// address by its new user; once unmapped, `Err(EFAULT)`, and the
+    /// event is disabled.  Nothing is ever written through the address.
+    /// Keep the word (a `static`, a leaked `Box`, a mapping) as long as
+    /// the registration, to get meaningful records.
+    pub const fn memory_watch(word: &'fd AtomicU32, sharing: Sharing) -> Source<'fd> {
+        Source::MemoryWatch { word, sharing }
     }
 }
 
@@ -476,8 +531,12 @@ pub(crate) fn attr_base(options: Options) -> uapi::aem_event_attr {
     attr
 }
 
-/// The registration attributes for `source` and `options` (no handler).
-pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_attr {
+/// The registration attributes for `source` and `options` (no handler);
+/// `EINVAL` for source arguments the ABI cannot carry.
+pub(crate) fn attr_for(
+    source: Source<'_>,
+    options: Options,
+) -> Result<uapi::aem_event_attr, Error> {
     let mut attr = attr_base(options);
     match source {
         Source::Fd { fd, events } => {
@@ -545,8 +604,20 @@ pub(crate) fn attr_for(source: Source<'_>, options: Options) -> uapi::aem_event_
                 flags: 0,
             };
         }
+        Source::Overload { pressure } => {
+            attr.source = SourceKind::Overload.raw();
+            attr.__bindgen_anon_1.overload = pressure.raw()?;
+        }
+        Source::MemoryWatch { word, sharing } => {
+            attr.source = SourceKind::MemoryWatch.raw();
+            attr.__bindgen_anon_1.memory = uapi::aem_memory_watch_source {
+                addr: word.as_ptr() as u64,
+                flags: sharing.watch_flags(),
+                reserved: 0,
+            };
+        }
     }
-    attr
+    Ok(attr)
 }
 
 /// `aem_ctl()` on the event `id` of a handle made by `owner`: `ENOENT`
@@ -561,7 +632,7 @@ pub(crate) fn ctl_owned(owner: Owner, id: u32, op: u32, arg: u64) -> Result<(), 
 
 /// Register an event for polled delivery.
 pub fn register(source: Source<'_>, options: Options) -> Result<Registration, Error> {
-    register_attr(&attr_for(source, options))
+    register_attr(&attr_for(source, options)?)
 }
 
 /// [`register`] for ready-made attributes.
@@ -734,6 +805,28 @@ pub enum EventData {
         /// The sum of the data of the notifications counted with the end.
         data: u64,
     },
+    /// Pressure crossed the threshold of a [`Source::overload`] trigger,
+    /// or cleared: two windows passed without a firing.  `count` is the
+    /// activations the record sums up, the firings and the clearing.
+    Overload {
+        /// The state when the record was delivered: overloaded, or
+        /// cleared.
+        overloaded: bool,
+        /// The trigger's firings the record sums up: at least 1 for an
+        /// overloaded record, 0 for a cleared one that sums up the
+        /// clearing alone.
+        firings: u64,
+    },
+    /// A watched word changed ([`Source::memory_watch`]).  `count` is the
+    /// wakes the record sums up; the changes between two deliveries
+    /// coalesce into the last value.
+    MemoryWatch {
+        /// The word's value at delivery; `Err(EFAULT)` when it could no
+        /// longer be read (unmapped), which also disabled the event.
+        value: Result<u32, Errno>,
+        /// The value the previous record (or the registration) saw.
+        previous: u32,
+    },
     /// A source this crate does not know yet.
     Other {
         /// The record's source number.
@@ -788,6 +881,26 @@ impl PartialEq for EventData {
             (D::Topic { payload: a, seq: c }, D::Topic { payload: b, seq: d }) => a == b && c == d,
             (D::Module { data: a, type_: c }, D::Module { data: b, type_: d }) => a == b && c == d,
             (D::ModuleGone { data: a }, D::ModuleGone { data: b }) => a == b,
+            (
+                D::Overload {
+                    overloaded: a,
+                    firings: c,
+                },
+                D::Overload {
+                    overloaded: b,
+                    firings: d,
+                },
+            ) => a == b && c == d,
+            (
+                D::MemoryWatch {
+                    value: a,
+                    previous: c,
+                },
+                D::MemoryWatch {
+                    value: b,
+                    previous: d,
+                },
+            ) => a == b && c == d,
             (D::Other { source: a, data: c }, D::Other { source: b, data: d }) => a == b && c == d,
             _ => false,
         }
@@ -872,6 +985,15 @@ impl Record {
                 data: r.data[0],
                 // A type number is a u32: the kernel zero-extends it.
                 type_: ModuleType::from_raw(r.data[1] as u32),
+            },
+            s if s == SourceKind::Overload.raw() => EventData::Overload {
+                overloaded: r.data[0] != 0,
+                firings: r.data[1],
+            },
+            // A u32 read from user memory, zero-extended, or -EFAULT.
+            s if s == SourceKind::MemoryWatch.raw() => EventData::MemoryWatch {
+                value: errno_or(r.data[0]).map(|v| v as u32),
+                previous: r.data[1] as u32,
             },
             source => EventData::Other {
                 source,
@@ -996,7 +1118,8 @@ mod tests {
     fn timer_shorthands_are_monotonic_timers() {
         let ms = Duration::from_millis(5);
         // SAFETY: reading the union member attr_for just wrote.
-        let timer = |s: Source<'_>| unsafe { attr_for(s, Options::new()).__bindgen_anon_1.timer };
+        let timer =
+            |s: Source<'_>| unsafe { attr_for(s, Options::new()).unwrap().__bindgen_anon_1.timer };
         let t = timer(Source::periodic(ms));
         assert_eq!(t.clockid, libc::CLOCK_MONOTONIC as u32);
         assert_eq!(
@@ -1022,7 +1145,7 @@ mod tests {
     #[test]
     fn topic_and_module_sources_fill_their_arguments() {
         let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
-        let attr = attr_for(Source::topic(r.as_fd()), Options::new().priority(3));
+        let attr = attr_for(Source::topic(r.as_fd()), Options::new().priority(3)).unwrap();
         assert_eq!(attr.source, uapi::aem_source_kind::AEM_SOURCE_TOPIC);
         // SAFETY: reading the union member attr_for just wrote.
         let topic = unsafe { attr.__bindgen_anon_1.topic };
@@ -1031,11 +1154,66 @@ mod tests {
         assert!(unsafe { attr.__bindgen_anon_1.raw }[1..]
             .iter()
             .all(|&w| w == 0));
-        let attr = attr_for(Source::module(ModuleType::from_raw(9)), Options::new());
+        let attr = attr_for(Source::module(ModuleType::from_raw(9)), Options::new()).unwrap();
         assert_eq!(attr.source, uapi::aem_source_kind::AEM_SOURCE_MODULE);
         // SAFETY: reading the union member attr_for just wrote.
         let module = unsafe { attr.__bindgen_anon_1.module };
         assert_eq!((module.type_, module.flags), (9, 0));
+    }
+
+    #[test]
+    fn overload_and_memory_watch_sources_fill_their_arguments() {
+        let ms = Duration::from_millis;
+        let cpu = Pressure::new(crate::Resource::Cpu, ms(50), ms(500));
+        let attr = attr_for(Source::overload(cpu), Options::new().cookie(2)).unwrap();
+        assert_eq!(attr.source, uapi::aem_source_kind::AEM_SOURCE_OVERLOAD);
+        assert_eq!(attr.cookie, 2);
+        // SAFETY: reading the union member attr_for just wrote.
+        let o = unsafe { attr.__bindgen_anon_1.overload };
+        assert_eq!(
+            (
+                o.resource,
+                o.flags,
+                o.threshold_us,
+                o.window_us,
+                o.cgroup_fd
+            ),
+            (uapi::AEM_OVERLOAD_CPU, 0, 50_000, 500_000, -1)
+        );
+        // SAFETY: the raw view of the same union: the rest stays 0.
+        assert!(unsafe { attr.__bindgen_anon_1.raw }[3..]
+            .iter()
+            .all(|&w| w == 0));
+        // A time the ABI cannot carry is refused, in every mode.
+        let long = Pressure::new(crate::Resource::Io, ms(50), Duration::from_secs(1 << 40));
+        let einval = Error::Os(Errno(libc::EINVAL));
+        assert!(matches!(
+            attr_for(Source::overload(long), Options::new()),
+            Err(e) if e == einval
+        ));
+        assert_eq!(
+            register(Source::overload(long), Options::new()).unwrap_err(),
+            einval
+        );
+
+        let word = AtomicU32::new(3);
+        for (sharing, flags) in [
+            (Sharing::Private, 0),
+            (Sharing::Shared, uapi::AEM_WATCH_SHARED),
+        ] {
+            let attr = attr_for(Source::memory_watch(&word, sharing), Options::new()).unwrap();
+            assert_eq!(attr.source, uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH);
+            // SAFETY: reading the union member attr_for just wrote.
+            let m = unsafe { attr.__bindgen_anon_1.memory };
+            assert_eq!(
+                (m.addr, m.flags, m.reserved),
+                (word.as_ptr() as u64, flags, 0)
+            );
+            // SAFETY: the raw view of the same union: the rest stays 0.
+            assert!(unsafe { attr.__bindgen_anon_1.raw }[2..]
+                .iter()
+                .all(|&w| w == 0));
+        }
     }
 
     fn decode(source: u32, count: u64, data: [u64; 2]) -> Record {
@@ -1087,6 +1265,84 @@ mod tests {
         assert_ne!(
             EventData::Topic { payload: 1, seq: 2 },
             EventData::Topic { payload: 1, seq: 3 }
+        );
+    }
+
+    #[test]
+    fn overload_records_decode() {
+        use uapi::aem_source_kind as k;
+        let rec = decode(k::AEM_SOURCE_OVERLOAD, 1, [1, 3]);
+        assert_eq!(
+            (rec.count, rec.data),
+            (
+                1,
+                EventData::Overload {
+                    overloaded: true,
+                    firings: 3
+                }
+            )
+        );
+        let rec = decode(k::AEM_SOURCE_OVERLOAD, 2, [0, 0]);
+        assert_eq!(
+            rec.data,
+            EventData::Overload {
+                overloaded: false,
+                firings: 0
+            }
+        );
+        assert_ne!(
+            EventData::Overload {
+                overloaded: true,
+                firings: 1
+            },
+            EventData::Overload {
+                overloaded: false,
+                firings: 1
+            }
+        );
+    }
+
+    #[test]
+    fn memory_watch_records_decode_values_and_efault() {
+        use uapi::aem_source_kind as k;
+        let rec = decode(k::AEM_SOURCE_MEMORY_WATCH, 3, [13, 10]);
+        assert_eq!(
+            (rec.count, rec.data),
+            (
+                3,
+                EventData::MemoryWatch {
+                    value: Ok(13),
+                    previous: 10
+                }
+            )
+        );
+        // The whole u32 range, zero-extended by the kernel.
+        let rec = decode(k::AEM_SOURCE_MEMORY_WATCH, 1, [u64::from(u32::MAX), 0]);
+        assert_eq!(
+            rec.data,
+            EventData::MemoryWatch {
+                value: Ok(u32::MAX),
+                previous: 0
+            }
+        );
+        let efault = -(libc::EFAULT as i64) as u64;
+        let rec = decode(k::AEM_SOURCE_MEMORY_WATCH, 1, [efault, 7]);
+        assert_eq!(
+            rec.data,
+            EventData::MemoryWatch {
+                value: Err(Errno(libc::EFAULT)),
+                previous: 7
+            }
+        );
+        assert_ne!(
+            EventData::MemoryWatch {
+                value: Ok(1),
+                previous: 2
+            },
+            EventData::MemoryWatch {
+                value: Ok(1),
+                previous: 3
+            }
         );
     }
 

@@ -154,7 +154,7 @@ fn register(
     if !crate::features()?.features.contains(FeatureSet::FORK) {
         return Err(Error::Os(Errno(libc::EOPNOTSUPP)));
     }
-    let mut attr = attr_for(source, options);
+    let mut attr = attr_for(source, options)?;
     let closure = Box::into_raw(Box::new(handler));
     attr.flags |= uapi::AEM_EV_FORK;
     if reap == Reap::Auto {

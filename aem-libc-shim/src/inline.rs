@@ -318,7 +318,7 @@ where
     F: FnMut(&mut Record) -> Action + Send + 'static,
 {
     // SAFETY: our caller keeps this function's contract for `handler`.
-    unsafe { register_inline_attr(attr_for(source, options), handler) }
+    unsafe { register_inline_attr(attr_for(source, options)?, handler) }
 }
 
 /// Whether the calling thread has an alternate signal stack a handler can

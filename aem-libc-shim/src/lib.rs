@@ -30,6 +30,13 @@
 //!   between processes and from the kernel ([`Source::topic`],
 //!   [`EventData::Topic`]), and the event types drivers and modules add
 //!   ([`Source::module`], [`EventData::Module`]).
+//! - [`Pressure`] and [`wake_watchers`]: the sources that watch the
+//!   system and memory -- CPU, memory or I/O pressure crossing a
+//!   threshold, a PSI trigger ([`Source::overload`],
+//!   [`EventData::Overload`]), and a 32-bit word changed, told by a
+//!   futex wake after the store, from the process or through shared
+//!   memory ([`Source::memory_watch`], [`Sharing`],
+//!   [`EventData::MemoryWatch`]).
 //! - [`register`], [`Registration`], [`wait`], [`context_fd`]: events
 //!   taken as records (polled delivery), with RAII registrations.  A
 //!   [`Record`] owns what it carries: an accepted connection not taken out
@@ -135,7 +142,9 @@ mod fork;
 mod inline;
 pub mod io;
 pub mod log;
+mod memory_watch;
 mod module_type;
+mod overload;
 mod owner;
 pub mod panic;
 mod pool;
@@ -163,7 +172,9 @@ pub use fork::{on_event_forked, spawn_on_event, ForkRegistration, Reap};
 pub use inline::{
     block, in_handler, not_handler_safe, register_inline, run, unblock, Action, InlineRegistration,
 };
+pub use memory_watch::{wake_watchers, Sharing};
 pub use module_type::ModuleType;
+pub use overload::{Pressure, Resource, Stall};
 pub use pool::{Pool, PoolRegistration, WakeOrder};
 pub use read::{register_read, ReadRegistration};
 pub use signal::{on_signals, Signal, SignalRegistration};

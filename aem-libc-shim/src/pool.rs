@@ -307,13 +307,16 @@ impl WakeOrder {
 /// Serve until [`end_wait`]; what the pool threads run.
 fn serve(stop: OwnedFd, order: WakeOrder, ready: std::sync::mpsc::Sender<Result<(), Error>>) {
     let source = Source::fd(stop.as_fd(), FdEvents::IN);
-    // SAFETY: the handler makes one system call and touches nothing else.
-    let registration = unsafe {
-        register_inline_quiet(attr_for(source, Options::new().oneshot(true)), |_| {
-            end_wait();
-            Action::Unregister
-        })
-    };
+    let registration = attr_for(source, Options::new().oneshot(true)).and_then(|attr| {
+        // SAFETY: the handler makes one system call and touches nothing
+        // else.
+        unsafe {
+            register_inline_quiet(attr, |_| {
+                end_wait();
+                Action::Unregister
+            })
+        }
+    });
     let registration = match registration {
         Ok(r) => r,
         Err(e) => {
@@ -419,7 +422,7 @@ impl Pool {
         if options.onstack {
             return Err(Error::Os(Errno(libc::EINVAL)));
         }
-        let mut attr = attr_for(source, options);
+        let mut attr = attr_for(source, options)?;
         let (slot, generation) = Slot::take(Box::new(handler), options.oneshot);
         attr.flags |= uapi::AEM_EV_POOL;
         attr.handler = aem_pool_entry as *const () as u64;

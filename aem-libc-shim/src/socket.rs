@@ -174,7 +174,7 @@ pub unsafe fn on_accept<F>(
 where
     F: FnMut(Result<OwnedFd, Errno>) -> Action + Send + 'static,
 {
-    let attr = attr_for(Source::accept(listener, flags), options);
+    let attr = attr_for(Source::accept(listener, flags), options)?;
     // The record owns the connection: taken out of it, it is the
     // handler's to keep or drop.
     let on_record = move |rec: &mut Record| match rec.take_accept_result() {
@@ -292,7 +292,7 @@ pub unsafe fn on_socket_state<F>(
 where
     F: FnMut(StateChange) -> Action + Send + 'static,
 {
-    let attr = attr_for(Source::socket_state(fd), options);
+    let attr = attr_for(Source::socket_state(fd), options)?;
     let on_record = move |rec: &mut Record| match rec.data {
         EventData::SocketState(change) => handler(change),
         _ => Action::Rearm,

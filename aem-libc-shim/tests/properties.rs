@@ -127,9 +127,18 @@ proptest! {
                 prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_MODULE);
                 prop_assert_eq!((data, d1), (d0, 0));
             }
+            EventData::Overload { overloaded, firings } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_OVERLOAD);
+                prop_assert_eq!((overloaded, firings), (d0 != 0, d1));
+            }
+            EventData::MemoryWatch { value, previous } => {
+                prop_assert_eq!(source, uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH);
+                prop_assert_eq!(value.map_err(|e| e.raw()), as_result(d0).map(|v| v as u32));
+                prop_assert_eq!(previous, d1 as u32);
+            }
             EventData::Other { source: s, data } => {
                 prop_assert_eq!((s, data), (source, [d0, d1]));
-                prop_assert!(![1, 2, 3, 4, 5, 6, 7, 10].contains(&source), "source {} not decoded", source);
+                prop_assert!(!(1..=10).contains(&source), "source {} not decoded", source);
             }
             other => prop_assert!(false, "a variant this test does not know: {:?}", other),
         }

@@ -125,9 +125,10 @@ fn protected_write() -> Vec<u64> {
     };
     assert_ne!(page, libc::MAP_FAILED);
     PAGE.store(page as u64, SeqCst);
+    // SAFETY: sigaction is plain old data; all zeroes is valid.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: installs a SIGSEGV handler that only touches atomics and
     // calls mprotect(), both async-signal-safe; restored at the end.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_segv as *const () as usize;

@@ -1,9 +1,11 @@
 //! SHIM-1: the example programs written with the safe `aem` API alone
 //! (`examples/echo-server`, `examples/tokio-server`,
 //! `examples/periodic-timer`), EXEC-3's worker-pool server
-//! (`examples/pool-server`) and EXEC-2's pre-fork server
-//! (`examples/fork-server`), run as they ship, from the guest's PATH (the
-//! rootfs).
+//! (`examples/pool-server`), EXEC-2's pre-fork server
+//! (`examples/fork-server`), and the examples of the sources SRC-7 to
+//! SRC-10 (`examples/topic-pubsub`, `examples/pressure-watch`,
+//! `examples/word-watch`, `examples/module-events`), run as they ship,
+//! from the guest's PATH (the rootfs).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -680,4 +682,388 @@ fn shim_1_timer_lines_are_parsed_strictly() {
     ] {
         assert_eq!(parse_timer_line(bad), None, "{bad:?}");
     }
+}
+
+/// What an example run to its end said.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Its standard output, line by line.
+    fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; stdout {:?}, stderr {:?}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Read all of `pipe` in a thread of its own.
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        pipe.read_to_string(&mut s).unwrap();
+        s
+    })
+}
+
+/// Wait up to `limit` for `child`, spawned with its standard output and
+/// error piped, and collect them.
+fn finish(mut child: Child, limit: Duration, what: &str) -> Run {
+    let out = read_all(child.stdout.take().unwrap());
+    let err = read_all(child.stderr.take().unwrap());
+    let status = wait_within(&mut child, limit, what);
+    Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Run the example `name` with `args` to its end, within `limit`.
+fn run_example(name: &str, args: &[&str], limit: Duration) -> Run {
+    let child = Command::new(name)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    finish(child, limit, name)
+}
+
+/// The numbers `line` holds after `prefix`, between the words of
+/// `shape` (`"seq= payload= count="`: the numbers follow each `=`), or
+/// `None` when it is not of that shape.
+fn numbers_of(line: &str, prefix: &str, shape: &str) -> Option<Vec<u64>> {
+    let mut rest = line.strip_prefix(prefix)?;
+    let mut found = Vec::new();
+    let keys: Vec<&str> = shape.split_inclusive('=').collect();
+    for (i, key) in keys.iter().enumerate() {
+        rest = rest.strip_prefix(key.trim_start_matches(' '))?;
+        let end = match keys.get(i + 1) {
+            Some(_) => rest.find(' ')?,
+            None => rest.len(),
+        };
+        found.push(number(&rest[..end])?);
+        rest = rest[end..].strip_prefix(' ').unwrap_or(&rest[end..]);
+    }
+    rest.is_empty().then_some(found)
+}
+
+#[test]
+fn src_7_example_lines_are_parsed_strictly() {
+    let shape = "seq= payload= count=";
+    assert_eq!(
+        numbers_of("polled: seq=3 payload=9 count=1", "polled: ", shape),
+        Some(vec![3, 9, 1])
+    );
+    for bad in [
+        "polled: seq=3 payload=9 count=1 ",
+        "polled: seq=3 payload=9",
+        "polled: seq=3 payload=-9 count=1",
+        "polled: seq=3 payload=9 count=1polled: seq=4 payload=16 count=1",
+        "dispatched: seq=3 payload=9 count=1",
+    ] {
+        assert_eq!(numbers_of(bad, "polled: ", shape), None, "{bad:?}");
+    }
+}
+
+/// `aem-topic-pubsub`: a publisher and two forked subscribers, one
+/// dispatched, one polled.  Each subscriber's records, in the order it
+/// printed them, are the topic's publications in order, with nothing lost
+/// (a record standing for `count` publications, when the subscriber fell
+/// behind, advances the sequence number by `count`), each payload the one
+/// published, and the counts add up to exactly what was published.
+#[test]
+fn src_7_topic_pubsub_example_every_subscriber_sees_every_publication() {
+    const N: u64 = 300;
+    let run = run_example(
+        "aem-topic-pubsub",
+        &["--payloads", &N.to_string()],
+        Duration::from_secs(90),
+    );
+    assert!(run.status.success(), "{run}");
+    let lines = run.lines();
+    for who in ["dispatched", "polled"] {
+        let prefix = format!("{who}: ");
+        let mine: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with(&prefix))
+            .collect();
+        let (summary, records) = mine.split_last().expect("no lines");
+        let (mut last_seq, mut total) = (0, 0);
+        for line in records {
+            let v = numbers_of(line, &prefix, "seq= payload= count=")
+                .unwrap_or_else(|| panic!("malformed line {line:?}: {run}"));
+            let (seq, payload, count) = (v[0], v[1], v[2]);
+            assert!(count >= 1, "{line:?}: {run}");
+            assert_eq!(seq, last_seq + count, "{line:?}: a gap or a repeat: {run}");
+            assert_eq!(payload, seq * seq, "{line:?}: another payload: {run}");
+            last_seq = seq;
+            total += count;
+        }
+        assert_eq!(total, N, "{who}: the counts add up to another total: {run}");
+        assert_eq!(
+            *summary,
+            format!(
+                "{who}: {N} publications in {} records, last seq {N}",
+                records.len()
+            ),
+            "{run}"
+        );
+    }
+    assert!(
+        lines.contains(&format!("published {N} payloads").as_str()),
+        "{run}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("ok: 2 subscribers saw all {N} publications").as_str()),
+        "{run}"
+    );
+    // Nothing else was said.
+    let known = lines.iter().filter(|l| {
+        l.starts_with("dispatched: ")
+            || l.starts_with("polled: ")
+            || l.starts_with("published ")
+            || l.starts_with("ok: ")
+    });
+    assert_eq!(known.count(), lines.len(), "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+}
+
+/// `aem-pressure-watch`: busy threads make CPU pressure; the overload
+/// event reports "overloaded" while they run, and "cleared" after they
+/// stopped, in that order, and the program exits 0.
+#[test]
+fn src_8_pressure_watch_example_reports_overloaded_then_cleared() {
+    let run = run_example(
+        "aem-pressure-watch",
+        &["--busy-secs", "2", "--timeout", "60"],
+        Duration::from_secs(90),
+    );
+    assert!(run.status.success(), "{run}");
+    let lines = run.lines();
+    assert_eq!(
+        lines.first().copied(),
+        Some("watching cpu some 50 ms / 500 ms"),
+        "{run}"
+    );
+    let busy = lines
+        .get(1)
+        .and_then(|l| number(l.strip_prefix("busy: ")?.strip_suffix(" threads")?));
+    assert!(busy.is_some_and(|n| n >= 3), "{run}");
+    let idle = lines
+        .iter()
+        .position(|l| *l == "idle")
+        .unwrap_or_else(|| panic!("no idle: {run}"));
+    let state = |l: &str, what: &str| {
+        numbers_of(l, &format!("{what} "), "firings= count=")
+            .unwrap_or_else(|| panic!("malformed line {l:?}: {run}"))
+    };
+    let overloaded: Vec<Vec<u64>> = lines[2..idle]
+        .iter()
+        .filter(|l| l.starts_with("overloaded "))
+        .map(|l| state(l, "overloaded"))
+        .collect();
+    assert!(
+        !overloaded.is_empty(),
+        "no overloaded record before idle: {run}"
+    );
+    // firings= count=: each counted, at least one.
+    assert!(
+        overloaded.iter().all(|v| v[0] >= 1 && v[1] >= v[0]),
+        "{run}"
+    );
+    let (last, after) = lines[idle + 1..].split_last().expect("nothing after idle");
+    assert_eq!(*last, "done: overloaded, then cleared", "{run}");
+    let cleared = after
+        .last()
+        .unwrap_or_else(|| panic!("no record after idle: {run}"));
+    // The clearing is counted, but is no firing: a record of it alone
+    // has firings=0 count=1.
+    let v = state(cleared, "cleared");
+    assert!(v[1] > v[0], "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+}
+
+/// Without `CAP_SYS_RESOURCE`, PSI refuses a window below 2 s: the
+/// example says so, with the way out, and exits 1.
+#[test]
+fn src_8_pressure_watch_example_without_root_asks_for_a_2_s_window() {
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("aem-pressure-watch")
+        .uid(1000)
+        .gid(1000)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aem-pressure-watch");
+    let run = finish(child, Duration::from_secs(30), "aem-pressure-watch");
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains("--window-ms 2000"), "{run}");
+}
+
+/// `aem-word-watch`: the child stores each value to the shared word and
+/// wakes it; the parent's inline handler tells each change, previous ->
+/// new, once per wake, before the child's next store (the child waits
+/// for its acknowledgement): the lines alternate.
+#[test]
+fn src_9_word_watch_example_sees_every_change_in_order() {
+    const N: u64 = 8;
+    let run = run_example(
+        "aem-word-watch",
+        &["--values", &N.to_string()],
+        Duration::from_secs(60),
+    );
+    assert!(run.status.success(), "{run}");
+    let mut expected = Vec::new();
+    let mut previous = 0;
+    for i in 1..=N {
+        let v = i * 1001;
+        expected.push(format!("child: store {v}"));
+        expected.push(format!("watch: {previous} -> {v} (wakes=1)"));
+        previous = v;
+    }
+    expected.push(format!("done: {N} changes seen"));
+    assert_eq!(run.lines(), expected, "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+}
+
+const SAMPLE_KO: &str = "/lib/modules/aem_sample.ko";
+const SAMPLE_FIRE: &str = "/sys/kernel/aem_sample/fire";
+
+fn sample_loaded() -> bool {
+    std::path::Path::new("/sys/module/aem_sample").exists()
+}
+
+/// `rmmod aem_sample`; whether it succeeded.
+fn rmmod_sample() -> bool {
+    Command::new("rmmod")
+        .arg("aem_sample")
+        .stderr(Stdio::null())
+        .status()
+        .expect("run rmmod")
+        .success()
+}
+
+/// The sample module, loaded for a test; unloaded when dropped.
+struct SampleModule;
+
+impl SampleModule {
+    fn load() -> SampleModule {
+        if sample_loaded() {
+            assert!(rmmod_sample(), "rmmod the sample module a test left");
+        }
+        let status = Command::new("insmod")
+            .arg(SAMPLE_KO)
+            .status()
+            .expect("run insmod");
+        assert!(status.success(), "insmod {SAMPLE_KO}: {status}");
+        SampleModule
+    }
+}
+
+impl Drop for SampleModule {
+    fn drop(&mut self) {
+        if sample_loaded() {
+            rmmod_sample();
+        }
+    }
+}
+
+/// `aem-module-events`: registered on the sample module's type, it
+/// prints the notifications written to the module's `fire` file --
+/// coalesced or not, their counts and data add up -- and exits after
+/// `--count` of them.  While it runs the module cannot be unloaded;
+/// after, it can.
+#[test]
+fn src_10_module_events_example_prints_each_notification() {
+    const N: u64 = 5;
+    let module = SampleModule::load();
+    let type_ = std::fs::read_to_string("/sys/kernel/aem/types/sample/type").unwrap();
+    let mut child = Command::new("aem-module-events")
+        .args(["--count", &N.to_string(), "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aem-module-events");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(
+        first,
+        format!(
+            "waiting for {N} notifications of type sample ({})\n",
+            type_.trim()
+        )
+    );
+    assert!(
+        !rmmod_sample(),
+        "rmmod succeeded while the example is registered"
+    );
+    // Data 10, 20, ..., one write (one notification) each.
+    for i in 1..=N {
+        std::fs::write(SAMPLE_FIRE, (i * 10).to_string()).expect("write fire");
+    }
+    child.stdout = None;
+    let rest = read_all(out);
+    let err = read_all(child.stderr.take().unwrap());
+    let status = wait_within(&mut child, Duration::from_secs(60), "aem-module-events");
+    let run = Run {
+        status,
+        stdout: first + &rest.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    assert!(run.status.success(), "{run}");
+    let lines = run.lines();
+    let (last, records) = lines[1..].split_last().expect("no records");
+    let (mut count, mut data) = (0, 0);
+    for line in records {
+        let v = numbers_of(line, "notified: ", "count= data=")
+            .unwrap_or_else(|| panic!("malformed line {line:?}: {run}"));
+        assert!(v[0] >= 1, "{run}");
+        count += v[0];
+        data += v[1];
+    }
+    let sum: u64 = (1..=N).map(|i| i * 10).sum();
+    assert_eq!((count, data), (N, sum), "{run}");
+    assert_eq!(
+        *last,
+        format!(
+            "done: {N} notifications in {} records, data sum {sum}",
+            records.len()
+        ),
+        "{run}"
+    );
+    assert!(run.stderr.is_empty(), "{run}");
+    // The example's registration ended with it: the module goes.
+    assert!(rmmod_sample(), "rmmod after the example exited");
+    assert!(!sample_loaded());
+    drop(module);
+}
+
+/// Without the sample module, `aem-module-events` says how to load it
+/// and exits 1.
+#[test]
+fn src_10_module_events_example_without_the_module_says_how_to_load_it() {
+    if sample_loaded() {
+        assert!(rmmod_sample(), "rmmod the sample module a test left");
+    }
+    let run = run_example("aem-module-events", &[], Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(1), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains(&format!("insmod {SAMPLE_KO}")), "{run}");
 }
