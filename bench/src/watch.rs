@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aem_conformance::{register_attr, unregister_id, Mapping};
 use aem_syscalls::uapi;
 
 use super::{now_ns, pct, row};
@@ -63,13 +64,7 @@ fn watch(word: &AtomicU32) -> u32 {
     let mut attr: uapi::aem_event_attr = unsafe { std::mem::zeroed() };
     attr.source = uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH;
     attr.__bindgen_anon_1.memory.addr = word.as_ptr() as u64;
-    // SAFETY: `attr` is a live aem_event_attr of the size passed.
-    unsafe { aem_syscalls::aem_register(&attr, size_of::<uapi::aem_event_attr>(), 0) }
-        .expect("register a memory watch")
-}
-
-fn unregister(id: u32) {
-    aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).expect("unregister");
+    register_attr(&attr).expect("register a memory watch")
 }
 
 /// ns per operation, one figure per batch of BATCH, sorted.
@@ -112,18 +107,9 @@ extern "C" fn on_segv(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// A write caught by page protection: the fault, the signal, and the two
 /// mprotect() calls that let it through and arm the next.
 fn protected_write() -> Vec<u64> {
-    // SAFETY: a fresh private page, unmapped at the end.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(page, libc::MAP_FAILED);
+    // A fresh private page, unmapped at the end.
+    let mapping = Mapping::new(1, libc::PROT_READ | libc::PROT_WRITE).expect("mmap");
+    let page = mapping.addr().cast::<libc::c_void>();
     PAGE.store(page as u64, SeqCst);
     // SAFETY: sigaction is plain old data; all zeroes is valid.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -150,11 +136,9 @@ fn protected_write() -> Vec<u64> {
         OPS as u64,
         "one fault per write"
     );
-    // SAFETY: restores the old action, unmaps the page.
-    unsafe {
-        libc::sigaction(libc::SIGSEGV, &old, std::ptr::null_mut());
-        libc::munmap(page, 4096);
-    }
+    // SAFETY: restores the old action.
+    unsafe { libc::sigaction(libc::SIGSEGV, &old, std::ptr::null_mut()) };
+    drop(mapping);
     v
 }
 
@@ -214,7 +198,7 @@ pub fn src9() {
         &store_and_wake(&word),
         peer_p50,
     );
-    unregister(id);
+    unregister_id(id);
     let id = watch(&word);
     row(
         "SRC-9",
@@ -222,7 +206,7 @@ pub fn src9() {
         &store_and_wake(&word),
         peer_p50,
     );
-    unregister(id);
+    unregister_id(id);
     row(
         "peer",
         "write caught by page protection (SIGSEGV)",
@@ -257,5 +241,5 @@ pub fn src9() {
         let _ = unsafe { aem_syscalls::aem_wait(recs.as_mut_ptr(), 4, &ts, 0) };
     });
     row("SRC-9", "a thread in aem_wait() on a watch", &aem, peer_p50);
-    unregister(id);
+    unregister_id(id);
 }

@@ -31,15 +31,26 @@ pub fn run_embedded(name: &str, image: &[u8]) -> Output {
     out
 }
 
-/// An anonymous private mapping, unmapped on drop.
+/// An anonymous mapping, private or shared, unmapped on drop.
 pub struct Mapping {
     addr: *mut libc::c_void,
     len: usize,
 }
 
 impl Mapping {
-    /// Map `pages` pages with protection `prot` (`libc::PROT_*`).
+    /// Map `pages` private pages with protection `prot` (`libc::PROT_*`).
     pub fn new(pages: usize, prot: libc::c_int) -> io::Result<Mapping> {
+        Mapping::map(pages, prot, libc::MAP_PRIVATE)
+    }
+
+    /// Map `pages` pages shared across `fork()` with protection `prot`
+    /// (`libc::PROT_*`).
+    pub fn shared(pages: usize, prot: libc::c_int) -> io::Result<Mapping> {
+        Mapping::map(pages, prot, libc::MAP_SHARED)
+    }
+
+    /// Map `pages` anonymous pages, `MAP_PRIVATE` or `MAP_SHARED` (`kind`).
+    fn map(pages: usize, prot: libc::c_int, kind: libc::c_int) -> io::Result<Mapping> {
         let len = pages * page_size();
         // SAFETY: an anonymous mapping at a kernel-chosen address touches
         // no existing memory.
@@ -48,7 +59,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 prot,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                kind | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -221,9 +232,9 @@ fn filter_syscalls(nrs: &[libc::c_long], action: u32) -> io::Result<()> {
 }
 
 /// Fork; the child runs `f` and exits with its return value (99 if it
-/// panics).  Returns the child's wait status, for [`in_child`] or a check
-/// of how it died.
-pub fn in_child_status(f: impl FnOnce() -> i32) -> i32 {
+/// panics).  Returns the child's pid, for [`reap`], [`reap_status`] or
+/// [`await_word`].
+pub fn spawn(f: impl FnOnce() -> i32) -> libc::pid_t {
     // SAFETY: the child runs `f` and leaves with _exit; the tests keep to
     // what is safe after fork in a process whose other threads are gone.
     let pid = unsafe { libc::fork() };
@@ -234,18 +245,133 @@ pub fn in_child_status(f: impl FnOnce() -> i32) -> i32 {
         // destructors.
         unsafe { libc::_exit(code) };
     }
+    pid
+}
+
+/// Reap the child `pid`; its wait status.
+pub fn reap_status(pid: libc::pid_t) -> i32 {
     let mut status = 0;
     // SAFETY: `status` is a valid int to fill.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     status
 }
 
+/// Reap the child `pid`; its exit code.  Panics if it died of a signal.
+pub fn reap(pid: libc::pid_t) -> i32 {
+    let status = reap_status(pid);
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    libc::WEXITSTATUS(status)
+}
+
+/// Fork; the child runs `f` and exits with its return value (99 if it
+/// panics).  Returns the child's wait status, for [`in_child`] or a check
+/// of how it died.
+pub fn in_child_status(f: impl FnOnce() -> i32) -> i32 {
+    reap_status(spawn(f))
+}
+
 /// Fork; the child runs `f` and exits with its return value, which this
 /// returns.  Panics if the child died of a signal.
 pub fn in_child(f: impl FnOnce() -> i32) -> i32 {
-    let status = in_child_status(f);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
+    reap(spawn(f))
+}
+
+/// Wait up to 5 s for `word` of `shared` to be `value`, set by the child
+/// `pid` (or, in a child, by the parent: `None`); a child that exits
+/// first fails the test with its status.
+pub fn await_word(shared: SharedWords, word: usize, value: u64, pid: Option<libc::pid_t>) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shared.get(word) != value {
+        if let Some(pid) = pid {
+            let mut status = 0;
+            // SAFETY: `status` is a valid int to fill; WNOHANG does not
+            // block.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                panic!("the child ended (status {status:#x}) before word {word} was {value}");
+            }
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "word {word} is not {value}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Become `uid`, with group `gid` and the supplementary `groups` (none:
+/// `&[]`): for a child process.
+pub fn become_user(uid: u32, gid: u32, groups: &[u32]) {
+    // SAFETY: credential calls with a live array of `groups.len()` ids.
+    unsafe {
+        assert_eq!(libc::setgroups(groups.len(), groups.as_ptr()), 0);
+        assert_eq!(libc::setresgid(gid, gid, gid), 0);
+        assert_eq!(libc::setresuid(uid, uid, uid), 0);
+        // The uid change made the process undumpable, and its /proc files
+        // root's: make its fdinfo readable to it again.
+        assert_eq!(libc::prctl(libc::PR_SET_DUMPABLE, 1), 0);
+    }
+}
+
+/// The safe API's error for the errno `errno`.
+pub fn err(errno: i32) -> aem::Error {
+    aem::Error::Os(aem::Errno(errno))
+}
+
+/// The next polled record (`aem::wait`), within 5 s.
+pub fn next_record() -> aem::Record {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut recs = aem::wait(1, Some(std::time::Duration::from_millis(100))).unwrap();
+        if let Some(rec) = recs.pop() {
+            return rec;
+        }
+        assert!(std::time::Instant::now() < end, "no record within 5 s");
+    }
+}
+
+/// Whether no polled record comes within 50 ms.
+pub fn nothing_pending() -> bool {
+    aem::wait(8, Some(std::time::Duration::from_millis(50)))
+        .unwrap()
+        .is_empty()
+}
+
+/// `aem_register` of the raw `attr`, of exactly its size: the new id.
+pub fn register_attr(
+    attr: &aem_syscalls::uapi::aem_event_attr,
+) -> Result<u32, aem_syscalls::Error> {
+    // SAFETY: `attr` is a live aem_event_attr of the size passed.
+    unsafe {
+        aem_syscalls::aem_register(
+            attr,
+            std::mem::size_of::<aem_syscalls::uapi::aem_event_attr>(),
+            0,
+        )
+    }
+}
+
+/// `AEM_CTL_UNREGISTER` of the registration `id`; panics if it fails.
+pub fn unregister_id(id: u32) {
+    aem_syscalls::aem_ctl(id as i32, aem_syscalls::uapi::AEM_CTL_UNREGISTER, 0)
+        .expect("unregister");
+}
+
+/// The raw polled records (`aem_wait`, up to 8) pending within `wait`;
+/// none if a signal interrupts the wait.
+pub fn raw_records(wait: std::time::Duration) -> Vec<aem_syscalls::uapi::aem_record> {
+    use aem_syscalls::{Errno, Error};
+    // SAFETY: aem_record is plain old data.
+    let mut recs: [aem_syscalls::uapi::aem_record; 8] = unsafe { std::mem::zeroed() };
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `recs` holds 8 records, `ts` is a live timespec.
+    match unsafe { aem_syscalls::aem_wait(recs.as_mut_ptr(), 8, &ts, 0) } {
+        Ok(n) => recs[..n as usize].to_vec(),
+        Err(Error::Os(Errno::EINTR)) => Vec::new(),
+        Err(e) => panic!("aem_wait: {e}"),
+    }
 }
 
 /// [`in_child_status`] with the child's descriptor `fd` (1 or 2, say)

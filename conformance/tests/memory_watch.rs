@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
-use aem_conformance::in_child;
+use aem_conformance::{in_child, raw_records, register_attr, unregister_id, Mapping};
 use aem_syscalls::uapi;
 use aem_syscalls::{Errno, Error};
 
@@ -25,17 +25,8 @@ fn watch_attr(addr: u64, flags: u32) -> uapi::aem_event_attr {
     attr
 }
 
-fn register(attr: &uapi::aem_event_attr) -> Result<u32, Error> {
-    // SAFETY: `attr` is a live aem_event_attr of the size passed.
-    unsafe { aem_syscalls::aem_register(attr, size_of::<uapi::aem_event_attr>(), 0) }
-}
-
 fn watch(word: &AtomicU32, flags: u32) -> u32 {
-    register(&watch_attr(word.as_ptr() as u64, flags)).expect("register the watch")
-}
-
-fn unregister(id: u32) {
-    aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).expect("unregister");
+    register_attr(&watch_attr(word.as_ptr() as u64, flags)).expect("register the watch")
 }
 
 /// FUTEX_WAKE on `word`, private or shared; the number of waiters woken.
@@ -56,24 +47,8 @@ fn store_and_wake(word: &AtomicU32, value: u32, shared: bool) {
     futex_wake(word, shared, 1);
 }
 
-/// The polled records pending within `wait`.
-fn records(wait: Duration) -> Vec<uapi::aem_record> {
-    // SAFETY: aem_record is plain old data.
-    let mut recs: [uapi::aem_record; 8] = unsafe { std::mem::zeroed() };
-    let ts = libc::timespec {
-        tv_sec: wait.as_secs() as libc::time_t,
-        tv_nsec: wait.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `recs` holds 8 records, `ts` is a live timespec.
-    match unsafe { aem_syscalls::aem_wait(recs.as_mut_ptr(), 8, &ts, 0) } {
-        Ok(n) => recs[..n as usize].to_vec(),
-        Err(Error::Os(Errno::EINTR)) => Vec::new(),
-        Err(e) => panic!("aem_wait: {e}"),
-    }
-}
-
 fn one_record(id: u32) -> uapi::aem_record {
-    let recs = records(Duration::from_secs(5));
+    let recs = raw_records(Duration::from_secs(5));
     assert_eq!(recs.len(), 1, "one record expected: {recs:?}");
     assert_eq!(recs[0].id, id);
     assert_eq!(recs[0].source, SOURCE);
@@ -81,7 +56,7 @@ fn one_record(id: u32) -> uapi::aem_record {
 }
 
 fn nothing_within(ms: u64) {
-    let recs = records(Duration::from_millis(ms));
+    let recs = raw_records(Duration::from_millis(ms));
     assert!(recs.is_empty(), "no record expected: {recs:?}");
 }
 
@@ -96,7 +71,7 @@ fn src_9_a_private_wake_reports_the_new_and_the_previous_value() {
     store_and_wake(&word, 9, false);
     let rec = one_record(id);
     assert_eq!((rec.data[0], rec.data[1]), (9, 7));
-    unregister(id);
+    unregister_id(id);
 }
 
 #[test]
@@ -110,7 +85,7 @@ fn src_9_a_wake_that_left_the_word_unchanged_delivers_nothing() {
     word.store(1, SeqCst);
     futex_wake(&word, false, 1);
     nothing_within(300);
-    unregister(id);
+    unregister_id(id);
 }
 
 #[test]
@@ -122,7 +97,7 @@ fn src_9_a_write_without_a_wake_is_not_seen_until_a_wake() {
     futex_wake(&word, false, 1);
     let rec = one_record(id);
     assert_eq!((rec.data[0], rec.data[1]), (3, 0));
-    unregister(id);
+    unregister_id(id);
 }
 
 #[test]
@@ -134,28 +109,18 @@ fn src_9_changes_between_deliveries_coalesce_with_the_count_of_wakes() {
     }
     let rec = one_record(id);
     assert_eq!((rec.data[0], rec.data[1], rec.count), (13, 10, 3));
-    unregister(id);
+    unregister_id(id);
 }
 
 #[test]
 fn src_9_another_process_writing_shared_memory_is_seen_by_a_shared_watch_only() {
-    // SAFETY: a fresh shared anonymous page, unmapped at the end.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(page, libc::MAP_FAILED);
+    // A fresh shared anonymous page, unmapped at the end.
+    let page = Mapping::shared(1, libc::PROT_READ | libc::PROT_WRITE).expect("mmap");
     // SAFETY: the page is mapped, aligned and outlives both references.
     let (shared_word, private_word) = unsafe {
         (
-            &*(page as *const AtomicU32),
-            &*(page as *const AtomicU32).add(1),
+            &*(page.addr() as *const AtomicU32),
+            &*(page.addr() as *const AtomicU32).add(1),
         )
     };
     let shared = watch(shared_word, uapi::AEM_WATCH_SHARED);
@@ -173,10 +138,10 @@ fn src_9_another_process_writing_shared_memory_is_seen_by_a_shared_watch_only() 
     let rec = one_record(shared);
     assert_eq!((rec.data[0], rec.data[1]), (42, 0));
     nothing_within(300);
-    unregister(shared);
-    unregister(private);
-    // SAFETY: unmaps the page mapped above; the references are dead.
-    unsafe { libc::munmap(page, 4096) };
+    unregister_id(shared);
+    unregister_id(private);
+    // Unmaps the page mapped above; the references are dead.
+    drop(page);
 }
 
 #[test]
@@ -213,14 +178,14 @@ fn src_9_the_watch_takes_no_wake_up_from_a_futex_waiter() {
         "the waiter was woken: the watch did not take its place"
     );
     waiter.join().unwrap();
-    let recs = records(Duration::from_secs(5));
+    let recs = raw_records(Duration::from_secs(5));
     assert!(
         recs.iter().any(|r| r.id == id && r.data[0] == 1),
         "the watch saw the store: {recs:?}"
     );
-    unregister(id);
+    unregister_id(id);
     // Drain what the retries left.
-    records(Duration::from_millis(100));
+    raw_records(Duration::from_millis(100));
 }
 
 #[test]
@@ -245,45 +210,35 @@ fn src_9_futex_wake_op_reports_both_of_its_words() {
     };
     assert!(r >= 0, "FUTEX_WAKE_OP: {}", std::io::Error::last_os_error());
     assert_eq!(words[1].load(SeqCst), 8);
-    let mut recs = records(Duration::from_secs(5));
+    let mut recs = raw_records(Duration::from_secs(5));
     if recs.len() < 2 {
-        recs.extend(records(Duration::from_secs(2)));
+        recs.extend(raw_records(Duration::from_secs(2)));
     }
     recs.sort_by_key(|r| r.id);
     let got: Vec<_> = recs.iter().map(|r| (r.id, r.data[0])).collect();
     let mut want = vec![(first, 5), (second, 8)];
     want.sort();
     assert_eq!(got, want);
-    unregister(first);
-    unregister(second);
+    unregister_id(first);
+    unregister_id(second);
 }
 
 #[test]
 fn src_9_a_word_unmapped_before_delivery_reports_efault_and_disables_the_event() {
-    // SAFETY: a fresh private page, unmapped by the test.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(page, libc::MAP_FAILED);
-    // SAFETY: the page is mapped and aligned until the munmap below, and
+    // A fresh private page, unmapped by the test.
+    let page = Mapping::new(1, libc::PROT_READ | libc::PROT_WRITE).expect("mmap");
+    // SAFETY: the page is mapped and aligned until the drop below, and
     // the reference is not used after it.
-    let word = unsafe { &*(page as *const AtomicU32) };
+    let word = unsafe { &*(page.addr() as *const AtomicU32) };
     let id = watch(word, 0);
     store_and_wake(word, 1, false);
-    // SAFETY: the page above; `word` is dead from here on.
-    unsafe { libc::munmap(page, 4096) };
+    // Unmap the page; `word` is dead from here on.
+    drop(page);
     let rec = one_record(id);
     assert_eq!(rec.data[0] as i64, -(libc::EFAULT as i64));
     let row = aem_conformance::proc_row(id).expect("still registered");
     assert_eq!(row.state, "disabled", "{row:?}");
-    unregister(id);
+    unregister_id(id);
 }
 
 #[test]
@@ -292,25 +247,33 @@ fn src_9_bad_arguments_get_clear_errnos() {
     let addr = word[0].as_ptr() as u64;
     let einval = Err(Error::Os(Errno::EINVAL));
     let efault = Err(Error::Os(Errno::EFAULT));
-    assert_eq!(register(&watch_attr(addr + 1, 0)), einval, "misaligned");
-    assert_eq!(register(&watch_attr(addr + 2, 0)), einval, "half aligned");
-    assert_eq!(register(&watch_attr(addr, 2)), einval, "unknown flag");
+    assert_eq!(
+        register_attr(&watch_attr(addr + 1, 0)),
+        einval,
+        "misaligned"
+    );
+    assert_eq!(
+        register_attr(&watch_attr(addr + 2, 0)),
+        einval,
+        "half aligned"
+    );
+    assert_eq!(register_attr(&watch_attr(addr, 2)), einval, "unknown flag");
     let mut attr = watch_attr(addr, 0);
     attr.__bindgen_anon_1.memory.reserved = 1;
-    assert_eq!(register(&attr), einval, "reserved");
+    assert_eq!(register_attr(&attr), einval, "reserved");
     let mut attr = watch_attr(addr, 0);
     // SAFETY: writing raw bytes of the union.
     unsafe { attr.__bindgen_anon_1.raw[2] = 1 };
-    assert_eq!(register(&attr), einval, "unused union bytes");
-    assert_eq!(register(&watch_attr(0, 0)), efault, "null");
-    assert_eq!(register(&watch_attr(8, 0)), efault, "unmapped");
+    assert_eq!(register_attr(&attr), einval, "unused union bytes");
+    assert_eq!(register_attr(&watch_attr(0, 0)), efault, "null");
+    assert_eq!(register_attr(&watch_attr(8, 0)), efault, "unmapped");
     assert_eq!(
-        register(&watch_attr(0xffff_8880_0000_0000, 0)),
+        register_attr(&watch_attr(0xffff_8880_0000_0000, 0)),
         efault,
         "kernel address"
     );
     assert_eq!(
-        register(&watch_attr(addr, uapi::AEM_WATCH_SHARED)).map(unregister),
+        register_attr(&watch_attr(addr, uapi::AEM_WATCH_SHARED)).map(unregister_id),
         Ok(()),
         "a shared watch of private memory is a valid (if lonely) watch"
     );

@@ -14,8 +14,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use aem::{Action, Errno, Error, EventData, ModuleType, Options, Record, Source, TopicOptions};
-use aem_conformance::{proc_row, SharedWords};
+use aem::{Action, Error, EventData, ModuleType, Options, Source, TopicOptions};
+use aem_conformance::{
+    await_word, become_user, err, next_record, nothing_pending, proc_row, reap, reap_status,
+    register_attr, spawn, unregister_id, SharedWords,
+};
 use aem_syscalls::uapi;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -25,10 +28,6 @@ const FIRE: &str = "/sys/kernel/aem_sample/fire";
 const TYPE_DIR: &str = "/sys/kernel/aem/types/sample";
 const REFCNT: &str = "/sys/module/aem_sample/refcnt";
 const TOPIC: &str = "kernel.aem_sample";
-
-fn err(errno: i32) -> Error {
-    Error::Os(Errno(errno))
-}
 
 fn loaded() -> bool {
     Path::new("/sys/module/aem_sample").exists()
@@ -100,72 +99,8 @@ fn refcnt() -> u64 {
         .unwrap()
 }
 
-/// The next polled record, within 5 s.
-fn next_record() -> Record {
-    let end = Instant::now() + 5 * SEC;
-    loop {
-        let mut recs = aem::wait(1, Some(Duration::from_millis(100))).unwrap();
-        if let Some(rec) = recs.pop() {
-            return rec;
-        }
-        assert!(Instant::now() < end, "no record within 5 s");
-    }
-}
-
-fn nothing_pending() -> bool {
-    aem::wait(8, Some(Duration::from_millis(50)))
-        .unwrap()
-        .is_empty()
-}
-
 fn watch(type_: ModuleType) -> Result<aem::Registration, Error> {
     aem::register(Source::module(type_), Options::new())
-}
-
-/// Fork; the child runs `f` and exits with its value (99 on a panic).
-fn spawn(f: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: the child runs `f` and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
-        // SAFETY: leave the child at once.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-/// Reap the child `pid`; its wait status.
-fn reap_status(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: `status` is a live int.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    status
-}
-
-/// Reap the child `pid`; its exit code.
-fn reap(pid: libc::pid_t) -> i32 {
-    let status = reap_status(pid);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
-}
-
-/// Wait up to 5 s for `word` of `shared` to be `value`, set by the child
-/// `pid` (or, in a child, by the parent: `None`); a child that exits
-/// first fails the test with its status.
-fn await_word(shared: SharedWords, word: usize, value: u64, pid: Option<libc::pid_t>) {
-    let end = Instant::now() + 5 * SEC;
-    while shared.get(word) != value {
-        if let Some(pid) = pid {
-            let mut status = 0;
-            // SAFETY: `status` is a live int; WNOHANG does not block.
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                panic!("the child ended (status {status:#x}) before word {word} was {value}");
-            }
-        }
-        assert!(Instant::now() < end, "word {word} is not {value}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 #[test]
@@ -358,12 +293,8 @@ fn register_raw(
     };
     attr.__bindgen_anon_1.raw = [0, raw1, 0, 0, 0, 0];
     attr.__bindgen_anon_1.module = uapi::aem_module_source { type_, flags };
-    // SAFETY: a live attr of the size passed.
-    let id = unsafe {
-        aem_syscalls::aem_register(&attr, std::mem::size_of::<uapi::aem_event_attr>(), 0)
-    }
-    .map_err(Error::from)?;
-    aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).unwrap();
+    let id = register_attr(&attr).map_err(Error::from)?;
+    unregister_id(id);
     Ok(())
 }
 
@@ -436,24 +367,12 @@ fn sec_2_a_module_type_takes_at_most_1024_registrations() {
     unload();
 }
 
-/// Become `uid` (group `gid`, no supplementary groups): for a child.
-fn become_user(uid: u32, gid: u32) {
-    // SAFETY: credential calls; an empty group list.
-    unsafe {
-        assert_eq!(libc::setgroups(0, std::ptr::null()), 0);
-        assert_eq!(libc::setresgid(gid, gid, gid), 0);
-        assert_eq!(libc::setresuid(uid, uid, uid), 0);
-        // Dumpable again, so that its fdinfo is its own to read.
-        assert_eq!(libc::prctl(libc::PR_SET_DUMPABLE, 1), 0);
-    }
-}
-
 #[test]
 fn src_7_the_kernel_publishes_its_topic_to_a_non_root_subscriber() {
     let _sample = Sample::load();
     let shared = SharedWords::new(1);
     let child = spawn(|| {
-        become_user(1000, 1000);
+        become_user(1000, 1000, &[]);
         let eacces = Err(err(libc::EACCES));
         let open = |o: TopicOptions| o.open(TOPIC).map(drop);
         if open(TopicOptions::new().publish(true)) != eacces {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aem_conformance::in_child;
+use aem_conformance::{in_child, raw_records, register_attr, unregister_id};
 use aem_syscalls::uapi;
 use aem_syscalls::{Errno, Error};
 
@@ -33,36 +33,12 @@ fn overload_attr(resource: u32, threshold_us: u32, window_us: u32) -> uapi::aem_
     attr
 }
 
-fn register(attr: &uapi::aem_event_attr) -> Result<u32, Error> {
-    // SAFETY: `attr` is a live aem_event_attr of the size passed.
-    unsafe { aem_syscalls::aem_register(attr, size_of::<uapi::aem_event_attr>(), 0) }
-}
-
-fn unregister(id: u32) {
-    aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).expect("unregister");
-}
-
-fn records(wait: Duration) -> Vec<uapi::aem_record> {
-    // SAFETY: aem_record is plain old data.
-    let mut recs: [uapi::aem_record; 8] = unsafe { std::mem::zeroed() };
-    let ts = libc::timespec {
-        tv_sec: wait.as_secs() as libc::time_t,
-        tv_nsec: wait.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `recs` holds 8 records, `ts` is a live timespec.
-    match unsafe { aem_syscalls::aem_wait(recs.as_mut_ptr(), 8, &ts, 0) } {
-        Ok(n) => recs[..n as usize].to_vec(),
-        Err(Error::Os(Errno::EINTR)) => Vec::new(),
-        Err(e) => panic!("aem_wait: {e}"),
-    }
-}
-
 /// Wait up to `within` for a record of `id` whose data[0] is `state`.
 fn await_state(id: u32, state: u64, within: Duration) -> uapi::aem_record {
     let end = Instant::now() + within;
     let mut seen = Vec::new();
     while Instant::now() < end {
-        for rec in records(Duration::from_millis(200)) {
+        for rec in raw_records(Duration::from_millis(200)) {
             assert_eq!(rec.id, id);
             if rec.data[0] == state {
                 return rec;
@@ -113,9 +89,9 @@ fn cpus() -> usize {
 fn src_8_cpu_pressure_fires_the_event_and_its_end_clears_it() {
     // "some" CPU stall of 50 ms in a 500 ms window: root may use short
     // windows (CAP_SYS_RESOURCE), as with /proc/pressure/cpu.
-    let id = register(&overload_attr(uapi::AEM_OVERLOAD_CPU, 50_000, 500_000)).unwrap();
+    let id = register_attr(&overload_attr(uapi::AEM_OVERLOAD_CPU, 50_000, 500_000)).unwrap();
     // Nothing while the guest is idle.
-    let idle = records(Duration::from_millis(700));
+    let idle = raw_records(Duration::from_millis(700));
     assert!(idle.iter().all(|r| r.data[0] == 0), "{idle:?}");
 
     let hogs = Hogs::start(cpus() * 3);
@@ -125,7 +101,7 @@ fn src_8_cpu_pressure_fires_the_event_and_its_end_clears_it() {
     // Two quiet windows after the last firing, the source says it cleared.
     let rec = await_state(id, 0, Duration::from_secs(10));
     assert_eq!(rec.source, SOURCE);
-    unregister(id);
+    unregister_id(id);
 }
 
 /// A cgroup v2 hierarchy at /sys/fs/cgroup, mounted if needed.
@@ -157,7 +133,7 @@ fn src_8_memory_pressure_in_a_cgroup_fires_its_event() {
 
     let mut attr = overload_attr(uapi::AEM_OVERLOAD_MEMORY, 20_000, 500_000);
     attr.__bindgen_anon_1.overload.cgroup_fd = cg.as_raw_fd();
-    let id = register(&attr).unwrap();
+    let id = register_attr(&attr).unwrap();
 
     // A child in the cgroup touches 64 MiB: past memory.high the kernel
     // reclaims and throttles it, and that stall is memory pressure.
@@ -186,7 +162,7 @@ fn src_8_memory_pressure_in_a_cgroup_fires_its_event() {
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
     await_state(id, 0, Duration::from_secs(10));
-    unregister(id);
+    unregister_id(id);
     drop(cg);
     let _ = std::fs::remove_dir(&dir);
 }
@@ -200,14 +176,14 @@ fn src_8_without_cap_sys_resource_windows_are_multiples_of_2_s() {
                 return 2;
             }
         }
-        let short = register(&overload_attr(uapi::AEM_OVERLOAD_CPU, 50_000, 500_000));
+        let short = register_attr(&overload_attr(uapi::AEM_OVERLOAD_CPU, 50_000, 500_000));
         if short != Err(Error::Os(Errno::EINVAL)) {
             eprintln!("a 500 ms window for an unprivileged user: {short:?}");
             return 3;
         }
-        match register(&overload_attr(uapi::AEM_OVERLOAD_CPU, 100_000, 2_000_000)) {
+        match register_attr(&overload_attr(uapi::AEM_OVERLOAD_CPU, 100_000, 2_000_000)) {
             Ok(id) => {
-                unregister(id);
+                unregister_id(id);
                 0
             }
             Err(e) => {
@@ -245,19 +221,19 @@ fn src_8_bad_arguments_get_clear_errnos() {
         } else {
             einval
         };
-        assert_eq!(register(&attr), want, "{what}");
+        assert_eq!(register_attr(&attr), want, "{what}");
     }
     let mut attr = overload_attr(uapi::AEM_OVERLOAD_CPU, 50_000, 500_000);
     // SAFETY: the union member of this source.
     unsafe { attr.__bindgen_anon_1.raw[3] = 1 };
-    assert_eq!(register(&attr), einval, "unused union bytes");
+    assert_eq!(register_attr(&attr), einval, "unused union bytes");
     // Not a cgroup: a plain directory, and a descriptor that is not open.
     let tmp = open_dir("/tmp");
     for fd in [tmp.as_raw_fd(), 999] {
         let mut attr = overload_attr(uapi::AEM_OVERLOAD_CPU, 50_000, 500_000);
         attr.__bindgen_anon_1.overload.cgroup_fd = fd;
         assert_eq!(
-            register(&attr),
+            register_attr(&attr),
             Err(Error::Os(Errno(libc::EBADF))),
             "fd {fd}"
         );

@@ -12,16 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use aem::{Action, Errno, Error, EventData, Options, Record, Topic, TopicOptions};
-use aem_conformance::{eventfd, eventfd_add, in_child, page_size, watch_in, Mapping, SharedWords};
+use aem::{Action, Error, EventData, Options, Record, Topic, TopicOptions};
+use aem_conformance::{
+    await_word, become_user, err, eventfd, eventfd_add, in_child, next_record, nothing_pending,
+    page_size, reap, register_attr, spawn, unregister_id, watch_in, Mapping, SharedWords,
+};
 use aem_syscalls::uapi;
 
 const SEC: Duration = Duration::from_secs(1);
 const QUEUE: u64 = uapi::AEM_TOPIC_QUEUE as u64;
-
-fn err(errno: i32) -> Error {
-    Error::Os(Errno(errno))
-}
 
 /// A topic name of this test and process.
 fn name(test: &str) -> String {
@@ -76,24 +75,6 @@ fn ctl_open(id: i32, arg: u64) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The next polled record, within 5 s.
-fn next_record() -> Record {
-    let end = Instant::now() + 5 * SEC;
-    loop {
-        let mut recs = aem::wait(1, Some(Duration::from_millis(100))).unwrap();
-        if let Some(rec) = recs.pop() {
-            return rec;
-        }
-        assert!(Instant::now() < end, "no record within 5 s");
-    }
-}
-
-fn nothing_pending() -> bool {
-    aem::wait(8, Some(Duration::from_millis(50)))
-        .unwrap()
-        .is_empty()
-}
-
 /// A topic record's (payload, seq, count).
 fn publication(rec: &Record) -> (u64, u64, u64) {
     match rec.data {
@@ -133,60 +114,6 @@ fn write_raw(fd: &impl AsRawFd, bytes: *const u8, len: usize) -> Result<usize, i
         Err(std::io::Error::last_os_error().raw_os_error().unwrap())
     } else {
         Ok(r as usize)
-    }
-}
-
-/// Fork; the child runs `f` and exits with its value (99 on a panic).
-fn spawn(f: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: the child runs `f` and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
-        // SAFETY: leave the child at once.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-/// Reap the child `pid`; its exit code.
-fn reap(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: `status` is a live int.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
-}
-
-/// Wait up to 5 s for `word` of `shared` to be `value`, set by the child
-/// `pid` (or, in a child, by the parent: `None`); a child that exits
-/// first fails the test with its status.
-fn await_word(shared: SharedWords, word: usize, value: u64, pid: Option<libc::pid_t>) {
-    let end = Instant::now() + 5 * SEC;
-    while shared.get(word) != value {
-        if let Some(pid) = pid {
-            let mut status = 0;
-            // SAFETY: `status` is a live int; WNOHANG does not block.
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                panic!("the child ended (status {status:#x}) before word {word} was {value}");
-            }
-        }
-        assert!(Instant::now() < end, "word {word} is not {value}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Become `uid`, with group `gid` and the supplementary `groups`: for a
-/// child process.
-fn become_user(uid: u32, gid: u32, groups: &[u32]) {
-    // SAFETY: credential calls with a live array of `groups.len()` ids.
-    unsafe {
-        assert_eq!(libc::setgroups(groups.len(), groups.as_ptr()), 0);
-        assert_eq!(libc::setresgid(gid, gid, gid), 0);
-        assert_eq!(libc::setresuid(uid, uid, uid), 0);
-        // The uid change made the process undumpable, and its /proc files
-        // root's: make its fdinfo readable to it again.
-        assert_eq!(libc::prctl(libc::PR_SET_DUMPABLE, 1), 0);
     }
 }
 
@@ -847,12 +774,8 @@ fn src_7_rejects_bad_subscriptions_and_publications_with_exact_errnos() {
         };
         attr.__bindgen_anon_1.raw = [0, raw1, 0, 0, 0, 0];
         attr.__bindgen_anon_1.topic = uapi::aem_topic_source { fd, flags };
-        // SAFETY: a live attr of the size passed.
-        let id = unsafe {
-            aem_syscalls::aem_register(&attr, std::mem::size_of::<uapi::aem_event_attr>(), 0)
-        }
-        .map_err(Error::from)?;
-        aem_syscalls::aem_ctl(id as i32, uapi::AEM_CTL_UNREGISTER, 0).unwrap();
+        let id = register_attr(&attr).map_err(Error::from)?;
+        unregister_id(id);
         Ok::<(), Error>(())
     };
     let fd = rdonly.as_raw_fd();
