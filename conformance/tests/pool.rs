@@ -204,6 +204,57 @@ fn exec_3_a_busy_pool_keeps_events_pending_counted_and_loses_none() {
     until("the pool idle again", || pool_line() == (2, 0));
 }
 
+/// Events queued together wake as many idle threads, round after round:
+/// a thread woken for one event must not take the wake-up of the next
+/// (it did, while it rejoined the idle list on its way out of the wait,
+/// and the next event then waited for a busy thread with one idle).
+#[test]
+fn exec_3_events_queued_together_wake_as_many_idle_threads() {
+    const THREADS: u32 = 4;
+    const ROUNDS: u32 = 150;
+    /// Releases every handler when the test ends, also by a panic: the
+    /// pool's drop waits for them.
+    struct ReleaseAll(Arc<AtomicU32>);
+    impl Drop for ReleaseAll {
+        fn drop(&mut self) {
+            self.0.store(u32::MAX, SeqCst);
+        }
+    }
+    let pool = Pool::new(THREADS as usize).unwrap();
+    let started = Arc::new(AtomicU32::new(0));
+    let released = Arc::new(AtomicU32::new(0));
+    let _release_all = ReleaseAll(released.clone());
+    let mut regs = Vec::new();
+    let mut fds = Vec::new();
+    for _ in 0..THREADS {
+        let efd = eventfd();
+        let (s, r, theirs) = (started.clone(), released.clone(), efd.try_clone().unwrap());
+        regs.push(
+            pool.on_event(readable(&efd), Options::new(), move |_| {
+                drain(&theirs);
+                // Held until every event of its round has started.
+                let round = s.fetch_add(1, SeqCst) / THREADS;
+                while r.load(SeqCst) <= round {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                Action::Rearm
+            })
+            .unwrap(),
+        );
+        fds.push(efd);
+    }
+    for round in 1..=ROUNDS {
+        until("every thread idle", || pool_line() == (u64::from(THREADS), 0));
+        for fd in &fds {
+            eventfd_add(fd, 1);
+        }
+        until(&format!("round {round}: one thread per event"), || {
+            started.load(SeqCst) == round * THREADS
+        });
+        released.store(round, SeqCst);
+    }
+}
+
 #[test]
 fn exec_3_one_event_never_runs_on_two_threads_at_once_but_two_events_do() {
     let pool = Pool::new(4).unwrap();
