@@ -66,6 +66,9 @@ pub static MAX_ID: AtomicU32 = AtomicU32::new(0);
 pub static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
 /// The run's seed, for the argument of exec children.
 pub static EXEC_SEED: AtomicU64 = AtomicU64::new(0);
+/// The process's page of watch words ([`crate::sys::Mem::words`]), which
+/// handlers change and wake.
+pub static WORDS: AtomicU64 = AtomicU64::new(0);
 
 /// Handler runs in a row, without the main flow between them, after which
 /// a handler unregisters its event: a level-triggered event on a file
@@ -123,6 +126,7 @@ extern "C" fn fuzz_handler(id: i64, rec: *const uapi::aem_record, uc: *mut u8) -
     stats().add(Counter::HandlerRuns, 1);
     // SAFETY: the kernel passes the record it wrote into the frame.
     let rec = unsafe { core::ptr::read_volatile(rec) };
+    count_record(&rec);
     let mut rng = Rng::new(RNG.get() ^ mix(id as u64) ^ rec.count);
     RNG.set(rng.next_u64());
     let runs = RUNS.get() + 1;
@@ -233,7 +237,7 @@ fn crafted_return(rng: &mut Rng, uc: *mut u8, verdict: i64, wild: bool) -> ! {
 /// One random thing a handler does.
 fn op(rng: &mut Rng, id: i64, rec: &uapi::aem_record) {
     let no_fork = flag(F_NO_FORK);
-    match rng.weighted(&[30, 15, 6, 12, if no_fork { 0 } else { 2 }, 10, 6, 6]) {
+    match rng.weighted(&[30, 15, 6, 12, if no_fork { 0 } else { 2 }, 10, 6, 5, 6]) {
         0 => {
             let max = u64::from(MAX_ID.load(Relaxed)) + 2;
             let target = if rng.chance(1, 3) {
@@ -312,6 +316,24 @@ fn op(rng: &mut Rng, id: i64, rec: &uapi::aem_record) {
                 unsafe { aem(sys::THREAD_AREA, [area, 8, flags, 0, 0, 0]) };
             }
         }
+        7 => {
+            // Change a watch word and wake it, privately: the handler of
+            // a memory watch may activate its own event (the storm
+            // breaker ends that).  Not shared: in the child of a fork
+            // event, a shared wake would reach the parent's watch again,
+            // a fork per delivery.
+            let words = WORDS.load(Relaxed);
+            if words != 0 {
+                let at = words + 4 * rng.below(8);
+                // SAFETY: the page of words is never unmapped, nothing
+                // relies on its contents; FUTEX_WAKE writes nothing.
+                unsafe {
+                    (*(at as *const AtomicU32)).fetch_add(1, Relaxed);
+                    let op = libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG;
+                    raw(libc::SYS_futex, [at, op as u64, 1, 0, 0, 0]);
+                }
+            }
+        }
         _ => {
             // aem_return() where no frame is expected: a handler that is
             // not running (another id) still runs: the call must refuse
@@ -324,6 +346,15 @@ fn op(rng: &mut Rng, id: i64, rec: &uapi::aem_record) {
                 ctl(0, u64::from(uapi::AEM_CTL_DELIVER), 0);
             }
         }
+    }
+}
+
+/// Count a delivery of the sources whose deliveries the summary counts.
+pub fn count_record(rec: &uapi::aem_record) {
+    match rec.source {
+        uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH => stats().add(Counter::WatchRecords, 1),
+        uapi::aem_source_kind::AEM_SOURCE_OVERLOAD => stats().add(Counter::OverloadRecords, 1),
+        _ => {}
     }
 }
 

@@ -2,8 +2,11 @@
 //! (`aem_query`, `aem_register`, `aem_ctl`, `aem_wait`, `aem_return`,
 //! `aem_thread_area`), run in the guest by `make fuzz` (MISSION.md SEC-3),
 //! with every event source: descriptors, timers, processes, topics
-//! (`AEM_CTL_TOPIC_OPEN`, publications by write()) and the event types of
-//! loaded modules (/sys/kernel/aem/types).
+//! (`AEM_CTL_TOPIC_OPEN`, publications by write()), overload (PSI
+//! triggers, system-wide and on cgroups, and kernel.aem_overload_trigger),
+//! memory watches (words of the workers' memory, changed and woken with
+//! futex calls by threads and children) and the event types of loaded
+//! modules (/sys/kernel/aem/types).
 //!
 //! ```text
 //! aem-fuzz [--seed N] [--calls N] [--procs P] [--threads T]
@@ -63,6 +66,11 @@ pub const AVOID_HANDLER_FORK: u32 = 1 << 7;
 /// enable -- a thread with such an event pending forks on every way out
 /// of its copy-on-write fault and never runs again (bug d, fixed by
 /// kernel patch 0053; `--repro fork-cow-livelock` checks a kernel for it).
+/// A thread blocked in a system call with such an event pending forks on
+/// each restart of the call, as fast as when it runs (some 350 a second
+/// under TCG): a level event whose descriptor stays ready fires after
+/// every delivery, and each delivery of a fork event is a fork -- bounded
+/// by RLIMIT_NPROC and charged to the user, like a fork loop.
 pub const AVOID_FORK_LIVELOCK: u32 = 1 << 8;
 
 /// The per-user topic limit, which root workers change now and then.
@@ -190,6 +198,109 @@ fn avoid_list(bits: u32) -> String {
         "none".into()
     } else {
         names.join(",")
+    }
+}
+
+/// cgroup v2 at /sys/fs/cgroup, for the overload registrations on cgroups
+/// (as root: mounted when it is not, as the conformance tests do).
+fn mount_cgroup2() {
+    let root = worker::CGROUP_ROOT;
+    if std::path::Path::new(&format!("{root}/cgroup.controllers")).exists() {
+        return;
+    }
+    let _ = std::fs::create_dir_all(root);
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    // SAFETY: plain mount(2) with valid C strings.
+    let rc = unsafe {
+        libc::mount(
+            c("cgroup2").as_ptr(),
+            c(root).as_ptr(),
+            c("cgroup2").as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "aem-fuzz: mount cgroup2 on {root}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Remove the cgroups the workers made and left under `dir` (the deepest
+/// first; their tasks are gone by now).
+fn remove_cgroups(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with(worker::CGROUP_PREFIX)
+            && e.file_type().map(|t| t.is_dir()).unwrap_or(false)
+        {
+            remove_cgroups(&e.path());
+            if let Err(err) = std::fs::remove_dir(e.path()) {
+                eprintln!("aem-fuzz: rmdir {}: {err}", e.path().display());
+            }
+        }
+    }
+}
+
+/// Report a worker process whose threads started no operation for
+/// `quiet` seconds, once, before its watchdog kills it: each thread's
+/// state, wait channel, system call and kernel stack (as root), and the
+/// process's registrations -- what a hang report needs, gone after.
+fn watch_for_stalls(stats: &stats::Stats, pids: &[(i32, u32)], threads: u32, quiet: u32) {
+    let progress = |p: u32| -> u64 {
+        (0..threads)
+            .map(|t| {
+                stats.workers[(p * threads + t) as usize]
+                    .op_index
+                    .load(Relaxed)
+            })
+            .sum()
+    };
+    let mut seen: Vec<(u64, std::time::Instant, bool)> = pids
+        .iter()
+        .map(|&(_, p)| (progress(p), std::time::Instant::now(), false))
+        .collect();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        for (i, &(pid, p)) in pids.iter().enumerate() {
+            let now = progress(p);
+            let (last, since, reported) = &mut seen[i];
+            if now != *last {
+                (*last, *since, *reported) = (now, std::time::Instant::now(), false);
+                continue;
+            }
+            if *reported || since.elapsed().as_secs() < u64::from(quiet) {
+                continue;
+            }
+            *reported = true;
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            println!("aem-fuzz: process {p} (pid {pid}): no operation for {quiet} s:");
+            let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+            for task in tasks.flatten() {
+                let dir = task.path();
+                let stat = read(dir.join("stat"));
+                let state = stat.rsplit(") ").next().unwrap_or("").split(' ').next();
+                println!(
+                    "aem-fuzz:   task {}: {} wchan {} syscall {}{}",
+                    task.file_name().to_string_lossy(),
+                    state.unwrap_or("?"),
+                    read(dir.join("wchan")),
+                    read(dir.join("syscall")).trim(),
+                    read(dir.join("stack"))
+                        .lines()
+                        .map(|l| format!("\n    {l}"))
+                        .collect::<String>()
+                );
+            }
+            print!("{}", read(format!("/proc/{pid}/aem").into()));
+        }
     }
 }
 
@@ -479,6 +590,9 @@ fn main() {
     );
     // Root workers lower user.max_aem_topics at times: put it back after.
     let max_topics = std::fs::read_to_string(TOPICS_LIMIT).ok();
+    if !cfg.unprivileged {
+        mount_cgroup2();
+    }
 
     // Orphans (children of workers that finished first) come back to us.
     // SAFETY: a prctl without pointers.
@@ -499,6 +613,12 @@ fn main() {
         }
         pids.push((pid, p));
     }
+
+    // After the forks: a thread here must not be copied into a worker.
+    let stalled = pids.clone();
+    let threads = cfg.threads;
+    let quiet = cfg.watchdog.saturating_sub(10).max(5);
+    std::thread::spawn(move || watch_for_stalls(stats, &stalled, threads, quiet));
 
     let mut failed = false;
     let mut left = pids.len();
@@ -552,11 +672,16 @@ fn main() {
         }
     }
     if !cfg.avoids(AVOID_OVERLOAD) && !cfg.unprivileged {
+        // The trigger first: removing it ends the overload it declared.
+        let _ = std::fs::write(worker::OVERLOAD_TRIGGER, "\n");
         let _ = std::fs::write("/proc/sys/kernel/aem_overload", "0");
         let _ = std::fs::write("/proc/sys/kernel/aem_shed_below", "10");
     }
     if let (Some(max), false) = (max_topics, cfg.unprivileged) {
         let _ = std::fs::write(TOPICS_LIMIT, max);
+    }
+    if !cfg.unprivileged {
+        remove_cgroups(std::path::Path::new(worker::CGROUP_ROOT));
     }
     println!(
         "aem-fuzz: {} in {:.1} s: {}",

@@ -55,10 +55,25 @@ pub enum Counter {
     TopicOpens,
     /// Payloads published to topics (8 bytes written each).
     Publications,
+    /// Memory watches registered (AEM_SOURCE_MEMORY_WATCH, successful).
+    Watches,
+    /// Overload registrations made (AEM_SOURCE_OVERLOAD, successful).
+    OverloadRegs,
+    /// Futex wakes (and waits) made on words that may be watched.
+    FutexWakes,
+    /// Writes to kernel.aem_overload_trigger.
+    TriggerWrites,
+    /// Cgroups created (mkdir under /sys/fs/cgroup).
+    Cgroups,
+    /// Deliveries of memory watches: handler runs, and polled records
+    /// read back from a thread's own pages.
+    WatchRecords,
+    /// Deliveries of overload events, counted the same way.
+    OverloadRecords,
 }
 
 /// How many [`Counter`]s there are.
-pub const COUNTERS: usize = 16;
+pub const COUNTERS: usize = 23;
 
 /// Names of the counters, in [`Counter`] order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
@@ -78,6 +93,13 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "overloads",
     "topic_opens",
     "publications",
+    "watches",
+    "overload_regs",
+    "futex_wakes",
+    "trigger_writes",
+    "cgroups",
+    "watch_records",
+    "overload_records",
 ];
 
 /// Most worker threads a run tracks (for the "last operation" report).

@@ -197,6 +197,8 @@ pub const SCRATCH: usize = 1 << 20;
 pub const GUARD: usize = 64 << 10;
 /// Size of each thread's own pages (then a guard page).
 pub const OWN: usize = 4 << 12;
+/// Size of the process-wide page of watch words (`MAP_SHARED`).
+pub const WORDS: usize = 4096;
 
 /// The memory the fuzzer passes to the kernel.  Invariant: every address
 /// it hands out is either in memory that only serves as the kernel's
@@ -212,6 +214,12 @@ pub struct Mem {
     pub scratch: u64,
     /// A read-only page of zeros.
     pub ro: u64,
+    /// A page of 32-bit words to watch and to wake (memory watches,
+    /// futexes), `MAP_SHARED` so that the children forked afterwards
+    /// share it and their shared wakes reach the watches of this
+    /// process.  Never unmapped; nothing relies on its contents, which
+    /// every thread stores to with atomics (and FUTEX_WAKE_OP changes).
+    pub words: u64,
 }
 
 impl Mem {
@@ -228,10 +236,29 @@ impl Mem {
         };
         assert_eq!(r, 0, "aem-fuzz: mprotect failed");
         let ro = map(4096, libc::PROT_READ);
+        // SAFETY: a new anonymous shared mapping touches no existing
+        // memory.
+        let words = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                WORDS,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(words != libc::MAP_FAILED, "aem-fuzz: mmap failed");
         Mem {
             scratch: scratch as u64,
             ro: ro as u64,
+            words: words as u64,
         }
+    }
+
+    /// Whether `addr` is a word of the watch-word page.
+    pub fn is_word(&self, addr: u64) -> bool {
+        addr % 4 == 0 && (self.words..self.words + WORDS as u64).contains(&addr)
     }
 
     /// An address for the kernel to write `len` bytes to (or to fail to).

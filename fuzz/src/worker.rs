@@ -3,16 +3,20 @@
 //! to act on: file descriptors of every kind, readiness, epoll sets
 //! (nested, holding AEM context fds), topics (opened and created under a
 //! few names shared by every worker, published to, subscribed to), the
-//! event types of loaded modules, closes and dup2()s under registrations,
-//! forks, execs, short-lived threads, sacrificial children that die of
-//! crafted frames, resource limits and the overload switch.
+//! event types of loaded modules, words to watch (a shared page, heap
+//! words, pages mapped, unmapped and protected under the watches) and
+//! the futex wakes that tell their changes, from threads and children,
+//! PSI triggers on the system and on cgroups (made, opened, removed under
+//! the registrations), closes and dup2()s under registrations, forks,
+//! execs, short-lived threads, sacrificial children that die of crafted
+//! frames, resource limits, the overload switch and its PSI trigger.
 //!
 //! Every choice comes from the thread's [`Rng`], so a seed reproduces the
 //! sequence of operations (what the kernel answers may still differ with
 //! timing).
 
 use std::ffi::CString;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use aem_syscalls::uapi;
@@ -53,6 +57,10 @@ const OPS: &[(&str, u32)] = &[
     ("ctx_epoll", 4),
     ("topic_open", 30),
     ("topic_publish", 45),
+    ("futex_poke", 40),
+    ("watch_mem", 12),
+    ("cgroup", 5),
+    ("overload_trigger", 3),
 ];
 
 /// The name of operation `i`, for reports.
@@ -80,7 +88,76 @@ enum Kind {
     Ctx,
     /// An AEM topic (AEM_CTL_TOPIC_OPEN), readable, writable or both.
     Topic,
+    /// A cgroup v2 directory (for overload registrations), or, now and
+    /// then, another directory or a file that is not one.
+    Cgroup,
     Other,
+}
+
+/// What the fuzzer remembers of a registration of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reg {
+    /// Nothing in particular.
+    Plain,
+    /// An inline periodic timer (kept slow and few).
+    PeriodicInline,
+    /// An overload registration: a PSI trigger (kept few).
+    Overload,
+    /// A root one whose window is not a multiple of 2 s, which PSI's
+    /// real-time poller polls every tenth of its window (kept fewer).
+    ShortOverload,
+}
+
+impl Reg {
+    fn is_overload(self) -> bool {
+        matches!(self, Reg::Overload | Reg::ShortOverload)
+    }
+}
+
+/// Live overload registrations per worker thread: each is a PSI trigger,
+/// which a root one has PSI's real-time poller (a kthread per cgroup, or
+/// the system's) poll.  Beyond that, a new one now and then replaces the
+/// oldest; else it is not made.
+const MAX_OVERLOADS: usize = 3;
+/// Of those, the root ones whose window is not a multiple of 2 s (polled
+/// every tenth of the window); beyond that, a new one gets a longer
+/// window.
+const MAX_SHORT_OVERLOADS: usize = 1;
+/// Words of each worker's heap words (malloc'd memory to watch).
+const HEAP_WORDS: usize = 64;
+/// Regions a worker maps to watch words of, at most.
+const MAX_MAPS: usize = 4;
+/// Watched words a worker remembers, to wake them.
+const MAX_WATCHED: usize = 32;
+/// Cgroups a worker made and keeps, at most (then it removes one).
+const MAX_CGROUPS: usize = 4;
+/// Where cgroup v2 is (mounted by the run's parent when it is not).
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The prefix of the cgroups the fuzzer makes (removed after the run).
+pub const CGROUP_PREFIX: &str = "aem-fuzz.";
+/// The load-shedding PSI trigger, which root workers set now and then.
+pub const OVERLOAD_TRIGGER: &str = "/proc/sys/kernel/aem_overload_trigger";
+/// futex_wake(2) (Linux 6.7), not in the libc crate yet.
+const SYS_FUTEX_WAKE: i64 = 454;
+/// futex2 flags: a 32-bit word, a private futex.
+const FUTEX2_SIZE_U32: u64 = 0x02;
+const FUTEX2_PRIVATE: u64 = 128;
+
+/// A region a worker mapped to watch words of.
+#[derive(Debug, Clone, Copy)]
+struct WatchMap {
+    addr: u64,
+    len: u64,
+    /// Mapped PROT_READ | PROT_WRITE now (the worker may store to it).
+    writable: bool,
+    /// MAP_SHARED (children forked later share it).
+    shared: bool,
+}
+
+/// Whether an overload window (us) is one PSI takes from root only, and
+/// polls in real time: valid, and not a multiple of 2 s.
+fn is_short_window(window: u64) -> bool {
+    window != 0 && window <= 10_000_000 && window % 2_000_000 != 0
 }
 
 /// Topic names every worker uses, so that threads and processes meet on
@@ -152,8 +229,17 @@ pub struct Worker<'a> {
     rng: Rng,
     seed: u64,
     own: u64,
-    ids: Vec<(u32, bool)>,
+    ids: Vec<(u32, Reg)>,
     fds: Vec<(i32, Kind)>,
+    /// Words of this thread's heap to watch (given back to malloc, for
+    /// new ones, now and then: the watches stay on freed memory).
+    heap: Vec<AtomicU32>,
+    /// Regions mapped to watch words of.
+    maps: Vec<WatchMap>,
+    /// Words with watches (registered by this thread): (address, shared).
+    watched: Vec<(u64, bool)>,
+    /// Cgroups this worker made (paths).
+    cgroups: Vec<String>,
     ports: Vec<u16>,
     unix_names: Vec<Vec<u8>>,
     block_depth: u32,
@@ -195,6 +281,7 @@ impl<'a> Worker<'a> {
     ) -> Worker<'a> {
         let own = own.unwrap_or_else(sys::own_pages);
         handler::thread_init(seed, own);
+        handler::WORDS.store(sh.mem.words, Relaxed);
         if let Some(s) = slot {
             s.seed.store(seed, Relaxed);
             s.pid.store(sys::getpid() as u64, Relaxed);
@@ -211,6 +298,10 @@ impl<'a> Worker<'a> {
             own,
             ids: Vec::new(),
             fds: Vec::new(),
+            heap: (0..HEAP_WORDS).map(|_| AtomicU32::new(0)).collect(),
+            maps: Vec::new(),
+            watched: Vec::new(),
+            cgroups: Vec::new(),
             ports: Vec::new(),
             unix_names: Vec::new(),
             block_depth: 0,
@@ -265,6 +356,13 @@ impl<'a> Worker<'a> {
         if self.rng.chance(1, 2) {
             for (fd, _) in std::mem::take(&mut self.fds) {
                 sys::close(fd);
+            }
+        }
+        if self.rng.chance(1, 2) {
+            // Under the watches left behind, or not.
+            for m in std::mem::take(&mut self.maps) {
+                // SAFETY: a region this thread mapped for watch words.
+                ign(unsafe { libc::munmap(m.addr as *mut _, m.len as usize) });
             }
         }
         if let Some(t) = self.wake_timer.take() {
@@ -362,6 +460,10 @@ impl<'a> Worker<'a> {
             "ctx_epoll" => self.ctx_epoll(),
             "topic_open" => self.topic_open(),
             "topic_publish" => self.topic_publish(),
+            "futex_poke" => self.futex_poke(),
+            "watch_mem" => self.watch_mem(),
+            "cgroup" => self.cgroup(),
+            "overload_trigger" => self.overload_trigger(),
             other => unreachable!("op {other}"),
         }
     }
@@ -442,7 +544,7 @@ impl<'a> Worker<'a> {
         }
         let r = &mut self.rng;
         let mut a = [0u64; 11];
-        let source = match r.weighted(&[25, 10, 12, 10, 30, 8, 16, 7, 3, 5, 3]) {
+        let source = match r.weighted(&[25, 10, 12, 10, 30, 8, 16, 7, 5, 14, 3, 2, 3]) {
             0 => uapi::aem_source_kind::AEM_SOURCE_FD,
             1 => uapi::aem_source_kind::AEM_SOURCE_ACCEPT,
             2 => uapi::aem_source_kind::AEM_SOURCE_READ,
@@ -451,10 +553,11 @@ impl<'a> Worker<'a> {
             5 => uapi::aem_source_kind::AEM_SOURCE_PROCESS_EXIT,
             6 => uapi::aem_source_kind::AEM_SOURCE_TOPIC,
             7 => uapi::aem_source_kind::AEM_SOURCE_MODULE,
-            8 => 0,
-            // Overload and memory watch (random arguments: not modelled
-            // here yet), and the first numbers past the last kind.
-            9 => r.range(8, 12) as u32,
+            8 => uapi::aem_source_kind::AEM_SOURCE_OVERLOAD,
+            9 => uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH,
+            10 => 0,
+            // The first numbers past the last kind.
+            11 => r.range(11, 13) as u32,
             _ => r.next_u32(),
         };
         let mut flags = 0u32;
@@ -522,7 +625,7 @@ impl<'a> Worker<'a> {
                 0
             };
         a[4] = r.next_u64();
-        let mut periodic_inline = false;
+        let mut reg = Reg::Plain;
         match source {
             uapi::aem_source_kind::AEM_SOURCE_FD => {
                 let fd = self.any_fd();
@@ -608,12 +711,16 @@ impl<'a> Worker<'a> {
                     // A fast periodic inline timer keeps its thread in
                     // handlers (the storm breaker ends it, slowly): keep
                     // them slow and few.
-                    let periodic = self.ids.iter().filter(|(_, p)| *p).count();
+                    let periodic = self
+                        .ids
+                        .iter()
+                        .filter(|(_, p)| *p == Reg::PeriodicInline)
+                        .count();
                     if periodic >= 6 {
                         interval = 0;
                     } else {
                         interval = interval.max(1_000_000);
-                        periodic_inline = true;
+                        reg = Reg::PeriodicInline;
                     }
                 }
                 a[5] = u64::from(clock) | (u64::from(tflags) << 32);
@@ -665,6 +772,29 @@ impl<'a> Worker<'a> {
                 };
                 a[5] = u64::from(ty) | (u64::from(fl) << 32);
             }
+            uapi::aem_source_kind::AEM_SOURCE_OVERLOAD => {
+                let o = self.overload_args();
+                a[5..8].copy_from_slice(&o);
+            }
+            uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH => {
+                let (addr, shared) = self.watch_addr();
+                let r = &mut self.rng;
+                let fl = match r.weighted(&[88, 6, 6]) {
+                    0 => {
+                        // Mostly the key the word's writers wake.
+                        if r.chance(if shared { 3 } else { 1 }, 4) {
+                            uapi::AEM_WATCH_SHARED
+                        } else {
+                            0
+                        }
+                    }
+                    1 => r.next_u32(),
+                    _ => 1 << r.below(32),
+                };
+                let reserved = if r.chance(1, 25) { r.next_u32() | 1 } else { 0 };
+                a[5] = addr;
+                a[6] = u64::from(fl) | (u64::from(reserved) << 32);
+            }
             _ => {
                 for w in a.iter_mut().skip(5) {
                     if self.rng.chance(1, 3) {
@@ -688,6 +818,12 @@ impl<'a> Worker<'a> {
         pace_fork_timer(&mut a);
         if self.sh.cfg.avoids(crate::AVOID_FORK_LIVELOCK) {
             dispatch_pending_forks(&mut a);
+        }
+        if (a[0] & 0xffff_ffff) as u32 == uapi::aem_source_kind::AEM_SOURCE_OVERLOAD {
+            match self.bound_overloads(&mut a) {
+                Some(r) => reg = r,
+                None => return,
+            }
         }
         let size: u64 = match self.rng.weighted(&[85, 3, 4, 4, 2, 2]) {
             _ if sane => 88,
@@ -722,7 +858,23 @@ impl<'a> Worker<'a> {
         let id = unsafe { aem(sys::REGISTER, [ptr, size, rflags, 0, 0, 0]) };
         if id > 0 {
             MAX_ID.fetch_max(id as u32, Relaxed);
-            self.ids.push((id as u32, periodic_inline));
+            self.ids.push((id as u32, reg));
+            match (a[0] & 0xffff_ffff) as u32 {
+                uapi::aem_source_kind::AEM_SOURCE_OVERLOAD => {
+                    sys::stats().add(Counter::OverloadRegs, 1)
+                }
+                uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH => {
+                    sys::stats().add(Counter::Watches, 1);
+                    let shared = a[6] & u64::from(uapi::AEM_WATCH_SHARED) != 0;
+                    self.remember_watched(a[5], shared);
+                    if self.rng.chance(1, 3) {
+                        // A change at once, for a delivery (registrations
+                        // do not live long here).
+                        self.poke(a[5], shared);
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -861,6 +1013,17 @@ impl<'a> Worker<'a> {
         let n = unsafe { aem(sys::WAIT, [recs, max, timeout, flags, 0, 0]) };
         if n > 0 {
             sys::stats().add(Counter::Records, n as u64);
+            let size = std::mem::size_of::<uapi::aem_record>() as u64;
+            if recs >= self.own && recs + n as u64 * size <= self.own + sys::OWN as u64 {
+                for i in 0..n as u64 {
+                    // SAFETY: within this thread's own pages, where the
+                    // kernel just wrote the records.
+                    let rec = unsafe {
+                        std::ptr::read_unaligned((recs + i * size) as *const uapi::aem_record)
+                    };
+                    handler::count_record(&rec);
+                }
+            }
         }
         self.arm_wake(0);
     }
@@ -945,6 +1108,11 @@ impl<'a> Worker<'a> {
                 return;
             }
             let i = self.rng.below(self.ids.len() as u64) as usize;
+            // Overload events mostly stay: they fire a window or more
+            // after their registration (and are few).
+            if self.ids[i].1.is_overload() && !self.rng.chance(1, 8) {
+                continue;
+            }
             let (id, _) = self.ids.swap_remove(i);
             ctl(u64::from(id), u64::from(uapi::AEM_CTL_UNREGISTER), 0);
         }
@@ -1501,7 +1669,7 @@ impl<'a> Worker<'a> {
         let id = unsafe { aem(sys::REGISTER, [a.as_ptr() as u64, 88, 0, 0, 0, 0]) };
         if id > 0 {
             MAX_ID.fetch_max(id as u32, Relaxed);
-            self.ids.push((id as u32, false));
+            self.ids.push((id as u32, Reg::Plain));
         }
         let mut t = [0u64; 11];
         t[0] = u64::from(uapi::aem_source_kind::AEM_SOURCE_TIMER);
@@ -1516,7 +1684,7 @@ impl<'a> Worker<'a> {
         let id = unsafe { aem(sys::REGISTER, [t.as_ptr() as u64, 88, 0, 0, 0, 0]) };
         if id > 0 {
             MAX_ID.fetch_max(id as u32, Relaxed);
-            self.ids.push((id as u32, false));
+            self.ids.push((id as u32, Reg::Plain));
         }
     }
 
@@ -1811,6 +1979,917 @@ impl<'a> Worker<'a> {
         }
     }
 
+    // ---- memory watches and futexes ----
+
+    /// Remember a watched word, to wake it later (the latest last).
+    fn remember_watched(&mut self, addr: u64, shared: bool) {
+        self.watched.retain(|&(a, s)| a != addr || s != shared);
+        if self.watched.len() >= MAX_WATCHED {
+            self.watched.remove(0);
+        }
+        self.watched.push((addr, shared));
+    }
+
+    /// A word index: mostly one of the first few (so that watches and
+    /// wakes meet), sometimes any of `n`.
+    fn word_index(&mut self, n: u64) -> u64 {
+        if self.rng.chance(3, 4) {
+            self.rng.below(8.min(n))
+        } else {
+            self.rng.below(n)
+        }
+    }
+
+    /// A word of the process's shared page of words.
+    fn page_word(&mut self) -> u64 {
+        self.sh.mem.words + 4 * self.word_index((sys::WORDS / 4) as u64)
+    }
+
+    /// A word of this thread's heap words.
+    fn heap_word(&mut self) -> u64 {
+        let i = self.word_index(self.heap.len() as u64);
+        self.heap.as_ptr() as u64 + 4 * i
+    }
+
+    /// A word of a region this thread mapped (mapping one when there is
+    /// none): (address, MAP_SHARED), or None when mmap failed.
+    fn map_word(&mut self) -> Option<(u64, bool)> {
+        if self.maps.is_empty() {
+            self.map_words();
+        }
+        if self.maps.is_empty() {
+            return None;
+        }
+        let m = self.maps[self.rng.below(self.maps.len() as u64) as usize];
+        let page = self.rng.below(m.len / 4096);
+        let i = self.word_index(1024);
+        Some((m.addr + 4096 * page + 4 * i, m.shared))
+    }
+
+    /// The word a memory watch names, and whether AEM_WATCH_SHARED suits
+    /// it (its writers are other processes): mostly words the workers
+    /// wake -- the shared page of words, heap words, pages this thread
+    /// maps -- sometimes words nobody wakes (the own pages, where thread
+    /// areas are, the scratch area, the read-only page, the stack), and
+    /// addresses that are misaligned, unmapped or not user memory.
+    fn watch_addr(&mut self) -> (u64, bool) {
+        match self.rng.weighted(&[30, 18, 15, 8, 4, 3, 3, 2, 5, 5, 5]) {
+            0 => (self.page_word(), true),
+            1 => (self.heap_word(), false),
+            2 => self.map_word().unwrap_or((self.sh.mem.words, true)),
+            3 if !self.watched.is_empty() => self.rng.pick(&self.watched),
+            3 | 4 => (self.own + 4 * self.rng.below(16), false),
+            5 => (self.sh.mem.scratch + 4 * self.rng.below(256), false),
+            6 => (self.sh.mem.ro + 4 * self.rng.below(1024), false),
+            7 => {
+                // This frame's: another call's by the time it is read.
+                let local = 0u32;
+                (std::ptr::addr_of!(local) as u64, false)
+            }
+            8 => {
+                let base = if self.rng.chance(1, 2) {
+                    self.page_word()
+                } else {
+                    self.heap_word()
+                };
+                (base + self.rng.range(1, 3), true)
+            }
+            9 => {
+                let mem = self.sh.mem;
+                let addr = match self.rng.below(3) {
+                    0 => mem.scratch + sys::SCRATCH as u64 + 4 * self.rng.below(1024),
+                    1 => self.own + sys::OWN as u64 + 4 * self.rng.below(1024),
+                    _ => 4 * self.rng.below(0x4000),
+                };
+                (addr, self.rng.chance(1, 2))
+            }
+            _ => {
+                let addr = match self.rng.below(4) {
+                    0 => 0xffff_8880_0000_0000 + 4 * self.rng.below(1 << 30),
+                    1 => 0x0000_8000_0000_0000 - 4 * self.rng.range(0, 2),
+                    2 => u64::MAX - 3,
+                    _ => self.rng.interesting_u64(),
+                };
+                (addr, self.rng.chance(1, 2))
+            }
+        }
+    }
+
+    /// The heap word at `addr`, if it is one of this thread's.
+    fn heap_slot(&self, addr: u64) -> Option<&AtomicU32> {
+        let base = self.heap.as_ptr() as u64;
+        if addr % 4 != 0 || addr < base {
+            return None;
+        }
+        self.heap.get(((addr - base) / 4) as usize)
+    }
+
+    /// The word at `addr` if this thread may store to it: a word of the
+    /// shared page, of its heap words, or of a region it mapped that is
+    /// mapped writable now.  (Other threads' regions and freed heap words
+    /// may hold anything by now: watched, woken, but not written.)
+    fn storable(&self, addr: u64) -> Option<&AtomicU32> {
+        if let Some(w) = self.heap_slot(addr) {
+            return Some(w);
+        }
+        let ours = self.sh.mem.is_word(addr)
+            || (addr % 4 == 0
+                && self
+                    .maps
+                    .iter()
+                    .any(|m| m.writable && (m.addr..m.addr + m.len).contains(&addr)));
+        // SAFETY: an aligned word of memory that stays mapped and writable
+        // while this thread uses it (the shared page is never unmapped;
+        // this thread's regions only by this thread), and that only
+        // serves as the target of watches and futexes.
+        ours.then(|| unsafe { &*(addr as *const AtomicU32) })
+    }
+
+    /// A futex(2) call, counted as "other".
+    ///
+    /// # Safety
+    ///
+    /// Whatever the operation writes (FUTEX_WAKE_OP: `uaddr2`) must be
+    /// memory the fuzzer does not rely on, or not writable.
+    unsafe fn futex(&self, uaddr: u64, op: u64, val: u64, val2: u64, uaddr2: u64, val3: u64) {
+        sys::stats().add(Counter::FutexWakes, 1);
+        // SAFETY: forwarded to the caller.
+        unsafe { sys::other(libc::SYS_futex, [uaddr, op, val, val2, uaddr2, val3]) };
+    }
+
+    /// Change a word and wake it, as a writer that shares it with waiters
+    /// would: a watched word, another word of ours, or any address (a
+    /// wake alone); a new value, or the same one (nothing to tell); then
+    /// FUTEX_WAKE private or shared, FUTEX_WAKE_BITSET, FUTEX_WAKE_OP on
+    /// two words, FUTEX_CMP_REQUEUE or futex_wake(2), with nr 0 at times;
+    /// sometimes a short FUTEX_WAIT instead, so that wakes find real
+    /// waiters too; or a child that pokes the shared words from another
+    /// process.  Threads and forked children run it too.
+    fn futex_poke(&mut self) {
+        if !self.child && !self.sh.cfg.avoids(crate::AVOID_FORK) && self.rng.chance(1, 25) {
+            self.poker_child();
+            return;
+        }
+        let (addr, shared) = match self.rng.weighted(&[50, 20, 10, 8, 6, 6]) {
+            0 if !self.watched.is_empty() => {
+                // The latest watches mostly (older ones may be gone).
+                let n = self.watched.len();
+                let from = if self.rng.chance(2, 3) {
+                    n.saturating_sub(3)
+                } else {
+                    0
+                };
+                self.rng.pick(&self.watched[from..])
+            }
+            0 | 1 => (self.page_word(), true),
+            2 => (self.heap_word(), false),
+            3 => self.map_word().unwrap_or((self.sh.mem.words, true)),
+            4 => (self.own + 4 * self.rng.below(16), false),
+            _ => self.watch_addr(),
+        };
+        self.poke(addr, shared);
+    }
+
+    /// Change the word at `addr` (when it is ours to change), then wake
+    /// it, mostly with the key a watch with AEM_WATCH_SHARED (`shared`)
+    /// or without it has.
+    fn poke(&mut self, addr: u64, shared: bool) {
+        let old = self.storable(addr).map(|w| w.load(Relaxed));
+        if let (Some(old), true) = (old, self.rng.chance(4, 5)) {
+            let v = match self.rng.weighted(&[50, 25, 10, 15]) {
+                0 => old.wrapping_add(1),
+                1 => self.rng.next_u32(),
+                2 => 0,
+                _ => old, // unchanged: the wake tells nothing
+            };
+            if let Some(w) = self.storable(addr) {
+                w.store(v, Relaxed);
+            }
+        }
+        // Mostly the key the watch (if any) has.
+        let private = if self.rng.chance(4, 5) {
+            !shared
+        } else {
+            self.rng.chance(1, 2)
+        };
+        self.wake(addr, private);
+    }
+
+    /// Wake the futex at `addr`, one way or another.
+    fn wake(&mut self, addr: u64, private: bool) {
+        let pflag = if private {
+            libc::FUTEX_PRIVATE_FLAG as u64
+        } else {
+            0
+        };
+        let nr = match self.rng.weighted(&[50, 20, 15, 10, 5]) {
+            0 => 1,
+            1 => i32::MAX as u64,
+            2 => 0,
+            3 => self.rng.below(4),
+            _ => self.rng.interesting_u64() & 0xffff_ffff,
+        };
+        match self.rng.weighted(&[40, 12, 14, 12, 6, 8]) {
+            0 => {
+                // SAFETY: FUTEX_WAKE writes nothing.
+                unsafe { self.futex(addr, libc::FUTEX_WAKE as u64 | pflag, nr, 0, 0, 0) };
+            }
+            1 => {
+                let bitset = match self.rng.weighted(&[70, 20, 10]) {
+                    0 => u64::from(u32::MAX), // FUTEX_BITSET_MATCH_ANY
+                    1 => self.rng.next_u32().into(),
+                    _ => 0, // EINVAL, before the wake
+                };
+                let op = libc::FUTEX_WAKE_BITSET as u64 | pflag;
+                // SAFETY: FUTEX_WAKE_BITSET writes nothing.
+                unsafe { self.futex(addr, op, nr, 0, 0, bitset) };
+            }
+            2 => {
+                // The second word, which the operation changes: one we
+                // may store to, or (now and then) the read-only page or
+                // an unmapped one (EFAULT, nothing written).
+                let addr2 = match self.rng.weighted(&[60, 25, 8, 7]) {
+                    0 => self.page_word(),
+                    1 if !self.watched.is_empty() => {
+                        let (a, _) = self.rng.pick(&self.watched);
+                        if self.storable(a).is_some() {
+                            a
+                        } else {
+                            self.heap_word()
+                        }
+                    }
+                    1 => self.heap_word(),
+                    2 => self.sh.mem.ro + 4 * self.rng.below(1024),
+                    _ => self.sh.mem.scratch + sys::SCRATCH as u64 + 4 * self.rng.below(1024),
+                };
+                let r = &mut self.rng;
+                // FUTEX_OP(op, oparg, cmp, cmparg): set, add, or, andn,
+                // xor, maybe with FUTEX_OP_OPARG_SHIFT (oparg < 32); a
+                // comparison; sometimes bad ops or comparisons.
+                let op = if r.chance(1, 10) {
+                    r.below(16)
+                } else {
+                    r.below(5) | (r.below(2) * 8)
+                };
+                let oparg = if op & 8 != 0 {
+                    r.below(32)
+                } else {
+                    r.below(4096)
+                };
+                let cmp = if r.chance(1, 10) {
+                    r.below(16)
+                } else {
+                    r.below(6)
+                };
+                let encoded = (op << 28) | (cmp << 24) | (oparg << 12) | r.below(4096);
+                let nr2 = r.below(3);
+                let fop = libc::FUTEX_WAKE_OP as u64 | pflag;
+                // SAFETY: FUTEX_WAKE_OP writes the word at `addr2`: one of
+                // the shared page, of this thread's heap words (atomics)
+                // or of its regions mapped writable, or not writable.
+                unsafe { self.futex(addr, fop, nr, nr2, addr2, encoded & 0xffff_ffff) };
+            }
+            3 => {
+                let mask = match self.rng.weighted(&[70, 15, 10, 5]) {
+                    0 => u64::from(u32::MAX),
+                    1 => u64::MAX,
+                    2 => self.rng.next_u64(),
+                    _ => 0,
+                };
+                let mut flags = FUTEX2_SIZE_U32 | if private { FUTEX2_PRIVATE } else { 0 };
+                if self.rng.chance(1, 15) {
+                    flags = self.rng.interesting_u64() & 0xffff_ffff;
+                }
+                sys::stats().add(Counter::FutexWakes, 1);
+                // SAFETY: futex_wake(2) writes nothing.
+                unsafe { sys::other(SYS_FUTEX_WAKE, [addr, mask, nr, flags, 0, 0]) };
+            }
+            4 => {
+                // Waiters of `addr` (if any) requeued to another word,
+                // when `addr` holds `val3`.
+                let addr2 = self.page_word();
+                let cur = self.storable(addr).map(|w| w.load(Relaxed));
+                let val3 = match cur {
+                    Some(v) if self.rng.chance(3, 4) => v.into(),
+                    _ => self.rng.next_u32().into(),
+                };
+                let op = libc::FUTEX_CMP_REQUEUE as u64 | pflag;
+                let requeue = self.rng.below(3);
+                // SAFETY: FUTEX_CMP_REQUEUE writes nothing.
+                unsafe { self.futex(addr, op, nr, requeue, addr2, val3) };
+            }
+            _ => {
+                // A waiter, for other threads' (and processes') wakes:
+                // its value (or another: EAGAIN at once), a few ms.
+                let cur = self.storable(addr).map(|w| w.load(Relaxed));
+                let val = match cur {
+                    Some(v) if self.rng.chance(4, 5) => v.into(),
+                    _ => self.rng.next_u32().into(),
+                };
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: self.rng.below(3_000_000) as i64,
+                };
+                let op = libc::FUTEX_WAIT as u64 | pflag;
+                // SAFETY: FUTEX_WAIT reads `ts` (live) and writes nothing.
+                unsafe { self.futex(addr, op, val, &ts as *const _ as u64, 0, 0) };
+            }
+        }
+    }
+
+    /// A child that stores to words of the shared page and wakes them
+    /// shared, from another process (the watches with AEM_WATCH_SHARED
+    /// see it; the others do not), then exits.
+    fn poker_child(&mut self) {
+        let seed = self.rng.next_u64();
+        self.spawn_child(|w| {
+            w.rng = Rng::new(seed);
+            for _ in 0..w.rng.range(1, 30) {
+                let addr = match w.watched.iter().filter(|x| w.sh.mem.is_word(x.0)).count() {
+                    0 => w.page_word(),
+                    _ if w.rng.chance(1, 4) => w.page_word(),
+                    _ => {
+                        let mine: Vec<u64> = w
+                            .watched
+                            .iter()
+                            .filter(|x| w.sh.mem.is_word(x.0))
+                            .map(|x| x.0)
+                            .collect();
+                        w.rng.pick(&mine)
+                    }
+                };
+                if let Some(word) = w.storable(addr) {
+                    word.fetch_add(1, Relaxed);
+                }
+                let private = w.rng.chance(1, 8);
+                w.wake(addr, private);
+                if w.rng.chance(1, 4) {
+                    // SAFETY: no pointers.
+                    unsafe { libc::usleep(w.rng.below(2000) as u32) };
+                }
+            }
+        });
+    }
+
+    /// A watch on the word where this (short-lived) thread's tid is, which
+    /// the kernel clears and wakes (shared: FUTEX_WAKE) when the thread
+    /// exits (CLONE_CHILD_CLEARTID): polled, mostly with AEM_WATCH_SHARED,
+    /// so that it outlives the thread and tells its end.
+    fn watch_tid_word(&mut self) {
+        let tid = sys::gettid() as u32;
+        // SAFETY: pthread_self() is this thread's descriptor, mapped (at
+        // the top of its stack) while it runs; the first 2 KiB of it are
+        // read only.
+        let me = unsafe { libc::pthread_self() } as *const u32;
+        // SAFETY: as above.
+        let Some(i) = (0..512).find(|&i| unsafe { std::ptr::read_volatile(me.add(i)) } == tid)
+        else {
+            return;
+        };
+        let addr = me as u64 + 4 * i as u64;
+        let shared = self.rng.chance(3, 4);
+        let mut a = [0u64; 11];
+        a[0] = u64::from(uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH);
+        a[1] = self.rng.below(100);
+        a[4] = self.rng.next_u64();
+        a[5] = addr;
+        a[6] = u64::from(shared);
+        // SAFETY: `a` is 88 bytes, the size passed.
+        let id = unsafe { aem(sys::REGISTER, [a.as_ptr() as u64, 88, 0, 0, 0, 0]) };
+        if id > 0 {
+            MAX_ID.fetch_max(id as u32, Relaxed);
+            sys::stats().add(Counter::Watches, 1);
+            self.ids.push((id as u32, Reg::Plain));
+        }
+    }
+
+    /// Map a region to watch words of: one to three pages, private or
+    /// shared (anonymous, or a memfd's), written to or not.
+    fn map_words(&mut self) {
+        if self.maps.len() >= MAX_MAPS {
+            let i = self.rng.below(self.maps.len() as u64) as usize;
+            let m = self.maps.swap_remove(i);
+            // SAFETY: a region this thread mapped for watch words.
+            ign(unsafe { libc::munmap(m.addr as *mut _, m.len as usize) });
+        }
+        let len = 4096 * self.rng.range(1, 3);
+        let (flags, fd) = match self.rng.weighted(&[45, 40, 15]) {
+            0 => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+            1 => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
+            _ => {
+                // SAFETY: a C string literal.
+                let fd =
+                    unsafe { libc::memfd_create(c"aem-fuzz-words".as_ptr(), libc::MFD_CLOEXEC) };
+                // SAFETY: no pointers.
+                if fd < 0 || unsafe { libc::ftruncate(fd, len as i64) } != 0 {
+                    sys::close(fd);
+                    return;
+                }
+                (libc::MAP_SHARED, fd)
+            }
+        };
+        // SAFETY: a new mapping, placed by the kernel: it touches no
+        // existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        sys::close(fd);
+        if p == libc::MAP_FAILED {
+            return;
+        }
+        let m = WatchMap {
+            addr: p as u64,
+            len,
+            writable: true,
+            shared: flags & libc::MAP_SHARED != 0,
+        };
+        if self.rng.chance(3, 4) {
+            // Faulted in (else the watch's registration faults it in).
+            for page in 0..len / 4096 {
+                let v = self.rng.below(4) as u32;
+                if let Some(w) = self.storable(m.addr + 4096 * page) {
+                    w.store(v, Relaxed);
+                }
+            }
+        }
+        self.maps.push(m);
+    }
+
+    /// The memory under the watches: regions mapped, unmapped (whole or a
+    /// page of them), made read-only or inaccessible, or dropped
+    /// (MADV_DONTNEED: zeros again) or moved (mremap: a shared key stays,
+    /// the watched address does not); the heap words given back to malloc
+    /// for new ones.  Watches whose words go are told -EFAULT; a word of
+    /// the region is woken first at times, so that a delivery may find
+    /// it gone.
+    fn watch_mem(&mut self) {
+        sys::stats().add(Counter::OtherCalls, 1);
+        let what = self.rng.weighted(&[30, 25, 20, 10, 10, 6]);
+        if what == 0 || self.maps.is_empty() {
+            if what == 4 {
+                self.heap = (0..HEAP_WORDS).map(|_| AtomicU32::new(0)).collect();
+            } else {
+                self.map_words();
+            }
+            return;
+        }
+        let i = self.rng.below(self.maps.len() as u64) as usize;
+        let m = self.maps[i];
+        if what != 4 && self.rng.chance(1, 2) {
+            let inside: Vec<(u64, bool)> = self
+                .watched
+                .iter()
+                .filter(|(a, _)| (m.addr..m.addr + m.len).contains(a))
+                .copied()
+                .collect();
+            let (addr, shared) = if inside.is_empty() {
+                (m.addr + 4 * self.word_index(1024), m.shared)
+            } else {
+                self.rng.pick(&inside)
+            };
+            self.poke(addr, shared);
+        }
+        match what {
+            1 => {
+                let pages = m.len / 4096;
+                if pages > 1 && self.rng.chance(1, 2) {
+                    // The first or the last page only.
+                    let first = self.rng.chance(1, 2);
+                    let at = if first { m.addr } else { m.addr + m.len - 4096 };
+                    // SAFETY: a page of a region this thread mapped.
+                    ign(unsafe { libc::munmap(at as *mut _, 4096) });
+                    let rest = &mut self.maps[i];
+                    rest.len -= 4096;
+                    if first {
+                        rest.addr += 4096;
+                    }
+                } else {
+                    self.maps.swap_remove(i);
+                    // SAFETY: a region this thread mapped.
+                    ign(unsafe { libc::munmap(m.addr as *mut _, m.len as usize) });
+                }
+            }
+            2 => {
+                let prot = self.rng.pick(&[
+                    libc::PROT_NONE,
+                    libc::PROT_READ,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                ]);
+                // SAFETY: a region this thread mapped; it stores to it
+                // only while it is writable.
+                if unsafe { libc::mprotect(m.addr as *mut _, m.len as usize, prot) } == 0 {
+                    self.maps[i].writable = prot & libc::PROT_WRITE != 0;
+                }
+            }
+            3 => {
+                // SAFETY: a region this thread mapped; nothing relies on
+                // its contents.
+                ign(unsafe {
+                    libc::madvise(m.addr as *mut _, m.len as usize, libc::MADV_DONTNEED)
+                });
+            }
+            4 => self.heap = (0..HEAP_WORDS).map(|_| AtomicU32::new(0)).collect(),
+            _ => {
+                // Grown only when private: a shared region (shmem, a
+                // memfd) has no pages past its size (SIGBUS).
+                let len = m.len
+                    + if m.shared {
+                        0
+                    } else {
+                        4096 * self.rng.below(2)
+                    };
+                // SAFETY: a region this thread mapped, moved where the
+                // kernel likes (or grown in place); its old range is
+                // unmapped and forgotten.
+                let p = unsafe {
+                    libc::mremap(
+                        m.addr as *mut _,
+                        m.len as usize,
+                        len as usize,
+                        libc::MREMAP_MAYMOVE,
+                    )
+                };
+                if p != libc::MAP_FAILED {
+                    self.maps[i].addr = p as u64;
+                    self.maps[i].len = len;
+                }
+            }
+        }
+    }
+
+    // ---- overload: PSI triggers, cgroups ----
+
+    /// The arguments of an overload registration (the union's words 0 to
+    /// 2): mostly valid -- a resource, some or full, a window PSI takes
+    /// (short ones from root only, now and then), a threshold within it,
+    /// the system or a cgroup -- sometimes not.
+    fn overload_args(&mut self) -> [u64; 3] {
+        let root = !self.sh.cfg.unprivileged;
+        let r = &mut self.rng;
+        let resource = match r.weighted(&[30, 30, 30, 5, 5]) {
+            0 => uapi::AEM_OVERLOAD_CPU,
+            1 => uapi::AEM_OVERLOAD_MEMORY,
+            2 => uapi::AEM_OVERLOAD_IO,
+            3 => r.range(3, 8) as u32,
+            _ => r.interesting_u64() as u32,
+        };
+        let kind = match r.weighted(&[55, 35, 5, 5]) {
+            0 => 0,
+            1 => uapi::AEM_OVERLOAD_FULL,
+            2 => r.next_u32(),
+            _ => 1 << r.below(32),
+        };
+        let window: u64 = match r.weighted(&[60, if root { 15 } else { 2 }, 2, 4, 4, 4, 4]) {
+            0 => 2_000_000 * r.range(1, 5),
+            // Root only: PSI's real-time poller.
+            1 => {
+                let any = r.range(500_001, 9_999_999);
+                r.pick(&[500_000, 1_000_000, 1_500_000, any])
+            }
+            // Below the documented 500 ms.
+            2 => r.range(1, 499_999),
+            3 => 0,
+            4 => r.pick(&[10_000_001, 12_000_000, 20_000_000, u64::from(u32::MAX)]),
+            5 => r.interesting_u64() & 0xffff_ffff,
+            // Not a multiple of 2 s: root only.
+            _ => 2_000_000 * r.range(1, 4) + r.pick(&[1, 1000, 1_000_000]),
+        };
+        let w = window.clamp(1, u64::from(u32::MAX));
+        let threshold: u64 = match r.weighted(&[40, 25, 8, 6, 6, 5, 5]) {
+            0 => r.range(1, (w / 10).max(1)),
+            1 => r.range(1, w),
+            2 => w,
+            3 => (w + 1) & 0xffff_ffff,
+            4 => 0,
+            5 => 1,
+            _ => r.interesting_u64() & 0xffff_ffff,
+        };
+        let cgroup_fd: i32 = match self.rng.weighted(&[55, 25, 8, 4, 4, 4]) {
+            0 => -1,
+            1 => self.cgroup_fd(),
+            2 => self.any_fd(),
+            3 => self.rng.pick(&[-2, -3, i32::MIN, i32::MAX]),
+            4 => self.rng.below(1024) as i32,
+            _ => self.rng.next_u32() as i32,
+        };
+        let reserved = if self.rng.chance(1, 25) {
+            self.rng.next_u32() | 1
+        } else {
+            0
+        };
+        [
+            u64::from(resource) | (u64::from(kind) << 32),
+            threshold | (window << 32),
+            u64::from(cgroup_fd as u32) | (u64::from(reserved) << 32),
+        ]
+    }
+
+    /// Keep PSI's costs bounded, whatever the attributes `a` of an
+    /// overload registration: at most [`MAX_OVERLOADS`] live ones per
+    /// thread (one in a forked child) -- beyond that, now and then the
+    /// oldest goes for the new one, else there is none (None: they live
+    /// long enough to fire, a window or more); at most
+    /// [`MAX_SHORT_OVERLOADS`] with short windows (root's: polled in real
+    /// time), a longer window otherwise.  Returns what to remember of the
+    /// registration.
+    fn bound_overloads(&mut self, a: &mut [u64; 11]) -> Option<Reg> {
+        let max = if self.child { 1 } else { MAX_OVERLOADS };
+        if self.ids.iter().filter(|(_, r)| r.is_overload()).count() >= max {
+            if !self.rng.chance(1, 4) {
+                return None;
+            }
+            while self.ids.iter().filter(|(_, r)| r.is_overload()).count() >= max {
+                let Some(i) = self.ids.iter().position(|(_, r)| r.is_overload()) else {
+                    break;
+                };
+                let (id, _) = self.ids.remove(i);
+                ctl(u64::from(id), u64::from(uapi::AEM_CTL_UNREGISTER), 0);
+            }
+        }
+        let window = a[6] >> 32;
+        if self.sh.cfg.unprivileged || !is_short_window(window) {
+            return Some(Reg::Overload);
+        }
+        let short = self
+            .ids
+            .iter()
+            .filter(|(_, r)| *r == Reg::ShortOverload)
+            .count();
+        if self.child || short >= MAX_SHORT_OVERLOADS {
+            let longer = window.div_ceil(2_000_000) * 2_000_000;
+            a[6] = (a[6] & 0xffff_ffff) | (longer << 32);
+            return Some(Reg::Overload);
+        }
+        Some(Reg::ShortOverload)
+    }
+
+    /// A cgroup's descriptor for an overload registration: from the pool
+    /// mostly, or opened now; -1 when there is none.
+    fn cgroup_fd(&mut self) -> i32 {
+        if let Some(fd) = self.pool_fd_of(&[Kind::Cgroup]) {
+            if self.rng.chance(3, 4) {
+                return fd;
+            }
+        }
+        self.cgroup_open();
+        self.pool_fd_of(&[Kind::Cgroup]).unwrap_or(-1)
+    }
+
+    /// Cgroups for the overload registrations: made (as root) and opened
+    /// into the pool, removed while registrations hold them, with busy
+    /// children in them (pressure), their controllers or their PSI
+    /// accounting (cgroup.pressure) changed; and now and then a directory
+    /// or a file that is not a cgroup.
+    fn cgroup(&mut self) {
+        sys::stats().add(Counter::OtherCalls, 1);
+        match self.rng.weighted(&[30, 25, 25, 12, 4, 4]) {
+            0 => self.cgroup_mkdir(),
+            1 => self.cgroup_open(),
+            2 => self.cgroup_rmdir(),
+            3 => self.cgroup_busy_child(),
+            4 => {
+                let dir = if !self.cgroups.is_empty() && self.rng.chance(1, 2) {
+                    self.rng
+                        .pick(&self.cgroups.iter().collect::<Vec<_>>())
+                        .clone()
+                } else {
+                    CGROUP_ROOT.to_string()
+                };
+                if self.rng.chance(1, 3) {
+                    // PSI accounting of the cgroup off (its pressure files
+                    // hidden) and on again, under the triggers on it.
+                    let on = self.rng.pick(&["0", "1", "1"]);
+                    let _ = std::fs::write(format!("{dir}/cgroup.pressure"), on);
+                } else {
+                    let ctl = self.rng.pick(&[
+                        "+memory",
+                        "+cpu",
+                        "+io",
+                        "+memory +io",
+                        "-memory",
+                        "-cpu",
+                        "-io",
+                    ]);
+                    let _ = std::fs::write(format!("{dir}/cgroup.subtree_control"), ctl);
+                }
+            }
+            _ => {
+                let path = self.rng.pick(&[
+                    "/tmp",
+                    "/proc",
+                    "/sys/fs/cgroup/cgroup.procs",
+                    "/sys/fs/cgroup/cpu.pressure",
+                    "/proc/pressure/cpu",
+                ]);
+                let c = CString::new(path).expect("no NUL");
+                // SAFETY: a NUL-terminated path.
+                let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                self.add_fd(fd, Kind::Cgroup);
+            }
+        }
+    }
+
+    /// Make a cgroup (as root): under the root, or under one of ours.
+    fn cgroup_mkdir(&mut self) {
+        if self.sh.cfg.unprivileged {
+            return;
+        }
+        if self.cgroups.len() >= MAX_CGROUPS {
+            let old = self.cgroups.remove(0);
+            let _ = std::fs::remove_dir(old);
+        }
+        let parent = if !self.cgroups.is_empty() && self.rng.chance(1, 5) {
+            self.rng
+                .pick(&self.cgroups.iter().collect::<Vec<_>>())
+                .clone()
+        } else {
+            CGROUP_ROOT.to_string()
+        };
+        self.serial += 1;
+        let path = format!(
+            "{parent}/{CGROUP_PREFIX}{}.{}.{}",
+            sys::getpid(),
+            sys::gettid(),
+            self.serial
+        );
+        if std::fs::create_dir(&path).is_ok() {
+            sys::stats().add(Counter::Cgroups, 1);
+            self.cgroups.push(path.clone());
+            self.open_dir(&path);
+        }
+    }
+
+    /// Open a cgroup into the pool: one of ours, the root, or another one
+    /// there (another worker's).
+    fn cgroup_open(&mut self) {
+        let path = match self.rng.weighted(&[50, 25, 25]) {
+            0 if !self.cgroups.is_empty() => self
+                .rng
+                .pick(&self.cgroups.iter().collect::<Vec<_>>())
+                .clone(),
+            2 => {
+                let others = subdirs(CGROUP_ROOT);
+                if others.is_empty() {
+                    CGROUP_ROOT.to_string()
+                } else {
+                    self.rng.pick(&others.iter().collect::<Vec<_>>()).clone()
+                }
+            }
+            _ => CGROUP_ROOT.to_string(),
+        };
+        self.open_dir(&path);
+    }
+
+    fn open_dir(&mut self, path: &str) {
+        let Ok(c) = CString::new(path) else {
+            return;
+        };
+        // SAFETY: a NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        self.add_fd(fd, Kind::Cgroup);
+    }
+
+    /// Remove one of our cgroups: registrations may hold it (and the pool
+    /// its descriptor); a cgroup with tasks or children stays (EBUSY).
+    fn cgroup_rmdir(&mut self) {
+        if self.cgroups.is_empty() {
+            return;
+        }
+        let i = self.rng.below(self.cgroups.len() as u64) as usize;
+        match std::fs::remove_dir(&self.cgroups[i]) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {}
+            _ => {
+                self.cgroups.swap_remove(i);
+            }
+        }
+    }
+
+    /// A child that moves into one of our cgroups (maybe with a low
+    /// memory.high first) and keeps a CPU busy, and maybe touches some
+    /// memory, for a few ms: pressure there for the registrations on it.
+    fn cgroup_busy_child(&mut self) {
+        if self.cgroups.is_empty() || self.sh.cfg.avoids(crate::AVOID_FORK) {
+            return;
+        }
+        let dir = self
+            .rng
+            .pick(&self.cgroups.iter().collect::<Vec<_>>())
+            .clone();
+        if self.rng.chance(1, 4) {
+            let high = self.rng.pick(&["1M", "4M", "max"]);
+            let _ = std::fs::write(format!("{dir}/memory.high"), high);
+        }
+        let ms = self.rng.range(5, 50);
+        let touch = if self.rng.chance(1, 3) {
+            (self.rng.range(1, 4) << 20) as usize
+        } else {
+            0
+        };
+        self.spawn_child(|_| {
+            let _ = std::fs::write(format!("{dir}/cgroup.procs"), "0");
+            if touch > 0 {
+                let p = sys::map(touch, libc::PROT_READ | libc::PROT_WRITE);
+                for off in (0..touch).step_by(4096) {
+                    // SAFETY: within the fresh mapping.
+                    unsafe { std::ptr::write_volatile(p.add(off), 1) };
+                }
+            }
+            let end = sys::now_ns(libc::CLOCK_MONOTONIC) + ms * 1_000_000;
+            while sys::now_ns(libc::CLOCK_MONOTONIC) < end {
+                std::hint::spin_loop();
+            }
+        });
+    }
+
+    /// Write kernel.aem_overload_trigger (root, main flows: it is removed
+    /// at the end of the run): valid triggers, whose firings set and clear
+    /// kernel.aem_overload by themselves; removals; and triggers PSI or
+    /// the parser refuses (EINVAL, the previous one stays).
+    fn overload_trigger(&mut self) {
+        if self.sh.cfg.unprivileged
+            || self.sh.cfg.avoids(crate::AVOID_OVERLOAD)
+            || self.slot.is_none()
+        {
+            return;
+        }
+        let r = &mut self.rng;
+        let res = |r: &mut Rng| r.pick(&["cpu", "memory", "io"]);
+        let kind = |r: &mut Rng| r.pick(&["some", "full"]);
+        let text: Vec<u8> = match r.weighted(&[55, 12, 20, 5, 5, 3]) {
+            0 => {
+                let window = match r.weighted(&[60, 30, 10]) {
+                    0 => 2_000_000 * r.range(1, 5),
+                    1 => r.range(500_000, 10_000_000),
+                    _ => r.range(1, 499_999),
+                };
+                let threshold = if r.chance(2, 3) {
+                    r.range(1, (window / 10).max(1))
+                } else {
+                    r.range(1, window)
+                };
+                let (res, kind) = (res(r), kind(r));
+                let nl = if r.chance(1, 2) { "\n" } else { "" };
+                format!("{res} {kind} {threshold} {window}{nl}").into_bytes()
+            }
+            1 => r.pick(&["\n", "", " \n", "\t\n"]).into(),
+            2 => {
+                let (res, kind) = (res(r), kind(r));
+                let bad = match r.below(10) {
+                    0 => "irq full 1000 1000000".to_string(),
+                    1 => "CPU some 1000 2000000".to_string(),
+                    2 => format!("{res} half 1000 2000000"),
+                    3 => format!("{res} {kind} 0 2000000"),
+                    4 => format!("{res} {kind} 3000000 2000000"),
+                    5 => format!("{res} {kind} 1000 0"),
+                    6 => format!("{res} {kind} 1000 10000001"),
+                    7 => format!("{res} {kind} 1000"),
+                    8 => format!("{res} {kind} -1 -1"),
+                    _ => format!("{res} {kind} 99999999999 99999999999"),
+                };
+                bad.into_bytes()
+            }
+            3 => {
+                // Longer than the sysctl's 64 bytes: cut.
+                let (res, kind) = (res(r), kind(r));
+                format!(
+                    "{res} {kind} 100000 2000000{}",
+                    " 1".repeat(r.range(20, 60) as usize)
+                )
+                .into_bytes()
+            }
+            4 => {
+                let (res, kind) = (res(r), kind(r));
+                format!(
+                    "  {res}   {kind}\t{} {} extra",
+                    r.range(1, 100_000),
+                    2_000_000 * r.range(1, 5)
+                )
+                .into_bytes()
+            }
+            _ => (0..r.range(1, 70))
+                .map(|_| r.pick(b"cpu somefull0123456789 \n\0\xff\t-"))
+                .collect(),
+        };
+        sys::stats().add(Counter::TriggerWrites, 1);
+        sys::stats().add(Counter::OtherCalls, 1);
+        let _ = std::fs::write(OVERLOAD_TRIGGER, &text);
+        if self.rng.chance(1, 4) {
+            let _ = std::fs::read(OVERLOAD_TRIGGER);
+        }
+    }
+
     // ---- processes, threads, the system ----
 
     /// The process a process-exit registration names: (pidfd, pid), with
@@ -1975,22 +3054,29 @@ impl<'a> Worker<'a> {
         let seed = derive(self.seed, self.rng.next_u64());
         let sh = self.sh;
         let own = self.own;
+        let watched = self.watched.clone();
         // A short-lived thread: inline registrations, maybe an area, then
         // it ends with them still registered (or not).  It borrows this
         // thread's own pages, unused while this one waits for it.
         let ids = std::thread::scope(|s| {
             s.spawn(move || {
                 let mut w = Worker::new(sh, seed, None, Some(own));
+                // It wakes this thread's watched words too.
+                w.watched = watched;
+                if w.rng.chance(1, 2) {
+                    w.watch_tid_word();
+                }
                 let calls = w.rng.range(3, 30);
                 w.run(calls);
-                w.ids.iter().map(|x| x.0).collect::<Vec<_>>()
+                w.ids.clone()
             })
             .join()
             .unwrap_or_default()
         });
-        for id in ids {
-            if self.ids.len() < self.cap {
-                self.ids.push((id, false));
+        for (id, reg) in ids {
+            let overloads = self.ids.iter().filter(|(_, r)| r.is_overload()).count();
+            if self.ids.len() < self.cap && (!reg.is_overload() || overloads < MAX_OVERLOADS) {
+                self.ids.push((id, reg));
             } else {
                 ctl(u64::from(id), u64::from(uapi::AEM_CTL_UNREGISTER), 0);
             }
@@ -2188,6 +3274,33 @@ fn sanitize(a: &mut [u64; 11]) {
         }
         a[5] &= 0xffff_ffff;
         a[6..].fill(0);
+    } else if source == uapi::aem_source_kind::AEM_SOURCE_OVERLOAD {
+        // A known resource and kind, a window PSI takes (from root at
+        // least: windows that are not a multiple of 2 s are kept), a
+        // threshold within it, reserved 0; the cgroup fd is the source's
+        // argument.  No level (the kernel refuses it).
+        flags &= !uapi::AEM_EV_LEVEL;
+        let resource = (a[5] & 0xffff_ffff) % 3;
+        let kind = (a[5] >> 32) & u64::from(uapi::AEM_OVERLOAD_FULL);
+        a[5] = resource | (kind << 32);
+        let mut window = a[6] >> 32;
+        if !(500_000..=10_000_000).contains(&window) {
+            window = 2_000_000 * (1 + window % 5);
+        }
+        let mut threshold = a[6] & 0xffff_ffff;
+        if threshold == 0 || threshold > window {
+            threshold = 1 + threshold % window;
+        }
+        a[6] = threshold | (window << 32);
+        a[7] &= 0xffff_ffff;
+        a[8..].fill(0);
+    } else if source == uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH {
+        // An aligned address (mapped or not: the source's argument), the
+        // flags the kernel knows, reserved 0.  No level.
+        flags &= !uapi::AEM_EV_LEVEL;
+        a[5] &= !3;
+        a[6] &= u64::from(uapi::AEM_WATCH_SHARED);
+        a[7..].fill(0);
     } else {
         a[6..].fill(0);
     }
@@ -2203,11 +3316,41 @@ fn sanitize(a: &mut [u64; 11]) {
     a[1] %= 100;
 }
 
-/// Whether [`sanitize`] keeps source kind `source`: the kinds whose
-/// arguments the fuzzer models (not overload and memory watch, 8 and 9,
-/// which only get random arguments).
+/// Whether [`sanitize`] keeps source kind `source`: the kinds the
+/// kernel knows, whose arguments the fuzzer models.
 fn is_sanitized_kind(source: u32) -> bool {
-    matches!(source, 1..=7 | 10)
+    matches!(source, 1..=10)
+}
+
+/// The subdirectories of `dir`, as paths.  Not with std::fs::read_dir,
+/// which panics when closedir() fails: another thread may have closed
+/// or replaced its descriptor meanwhile (fd_close, fd_dup2).
+fn subdirs(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(c) = CString::new(dir) else {
+        return out;
+    };
+    // SAFETY: a NUL-terminated path; the entries are read before the
+    // next readdir(), the stream closed once (its errors ignored).
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        if d.is_null() {
+            return out;
+        }
+        loop {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
+            let name = name.to_string_lossy();
+            if (*e).d_type == libc::DT_DIR && name != "." && name != ".." {
+                out.push(format!("{dir}/{name}"));
+            }
+        }
+        libc::closedir(d);
+    }
+    out
 }
 
 /// Whether `fd` is an AEM topic now.
@@ -2279,7 +3422,7 @@ mod tests {
                 *w = r.interesting_u64();
             }
             if i % 2 == 0 {
-                // Each kind in turn (8 and 9 become timers).
+                // Each kind in turn (0 becomes a timer).
                 a[0] = (a[0] & !0xffff_ffff) | (i / 2 % 11) as u64;
             }
             sanitize(&mut a);
@@ -2314,11 +3457,34 @@ mod tests {
             if source == uapi::aem_source_kind::AEM_SOURCE_MODULE {
                 assert_eq!(flags & uapi::AEM_EV_LEVEL, 0, "a module type has no level");
             }
+            if source == uapi::aem_source_kind::AEM_SOURCE_OVERLOAD {
+                assert_eq!(flags & uapi::AEM_EV_LEVEL, 0, "overload has no level");
+                assert!(a[5] & 0xffff_ffff <= u64::from(uapi::AEM_OVERLOAD_IO));
+                assert_eq!(a[5] >> 32 & !u64::from(uapi::AEM_OVERLOAD_FULL), 0);
+                let (threshold, window) = (a[6] & 0xffff_ffff, a[6] >> 32);
+                assert!((500_000..=10_000_000).contains(&window), "window {window}");
+                assert!((1..=window).contains(&threshold), "threshold {threshold}");
+                assert_eq!(a[7] >> 32, 0, "reserved");
+                assert!(a[8..].iter().all(|&w| w == 0), "rest of the union");
+            }
+            if source == uapi::aem_source_kind::AEM_SOURCE_MEMORY_WATCH {
+                assert_eq!(flags & uapi::AEM_EV_LEVEL, 0, "a watch has no level");
+                assert_eq!(a[5] % 4, 0, "aligned");
+                assert_eq!(a[6] & !u64::from(uapi::AEM_WATCH_SHARED), 0);
+                assert!(a[7..].iter().all(|&w| w == 0), "rest of the union");
+            }
         }
-        for kind in [1, 2, 3, 4, 5, 6, 7, 10] {
-            assert!(seen[kind], "source {kind} never kept");
+        for (kind, seen) in seen.iter().enumerate().skip(1) {
+            assert!(seen, "source {kind} never kept");
         }
-        assert!(!is_sanitized_kind(8) && !is_sanitized_kind(9) && !is_sanitized_kind(11));
+        assert!(!is_sanitized_kind(0) && !is_sanitized_kind(11));
+    }
+
+    #[test]
+    fn short_windows() {
+        assert!(is_short_window(500_000) && is_short_window(1) && is_short_window(3_000_000));
+        assert!(!is_short_window(2_000_000) && !is_short_window(10_000_000));
+        assert!(!is_short_window(0) && !is_short_window(10_000_001));
     }
 
     #[test]
@@ -2326,7 +3492,14 @@ mod tests {
         assert_eq!(op_name(0), "query");
         assert_eq!(op_name(9999), "?");
         assert!(OPS.iter().all(|o| o.1 > 0));
-        for name in ["topic_open", "topic_publish"] {
+        for name in [
+            "topic_open",
+            "topic_publish",
+            "futex_poke",
+            "watch_mem",
+            "cgroup",
+            "overload_trigger",
+        ] {
             assert!(OPS.iter().any(|o| o.0 == name), "{name}");
         }
         // Names are unique: a report names one operation.
