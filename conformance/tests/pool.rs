@@ -244,7 +244,9 @@ fn exec_3_events_queued_together_wake_as_many_idle_threads() {
         fds.push(efd);
     }
     for round in 1..=ROUNDS {
-        until("every thread idle", || pool_line() == (u64::from(THREADS), 0));
+        until("every thread idle", || {
+            pool_line() == (u64::from(THREADS), 0)
+        });
         for fd in &fds {
             eventfd_add(fd, 1);
         }

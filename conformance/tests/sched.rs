@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use aem::{Action, FdEvents, Options, Source};
 use aem_conformance::{
-    eventfd, eventfd_add, in_child, start_aem_tracing, stop_aem_tracing, BoostBudget,
+    eventfd, eventfd_add, in_child, reap, spawn, start_aem_tracing, stop_aem_tracing, BoostBudget,
+    SharedWords,
 };
 
 /// The calling thread's effective priority as `stat` shows it.
@@ -379,6 +380,73 @@ fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
     assert!(
         pct >= 40,
         "the busy task got {pct}% of the CPU against the flood"
+    );
+}
+
+#[test]
+fn sched_3_a_task_boosting_itself_with_a_timer_gets_no_more_than_its_twin() {
+    // Two unprivileged processes spin on CPU 0 for 3 s, each with a 100 us
+    // periodic timer whose inline handler does nothing: one boosted in
+    // the fair band (priority 49), its twin not (AEM_EV_NOBOOST).  Half
+    // the expiries find the boosted one waiting for the CPU, having run
+    // ahead of its share: a boost that forgave that debt would hand it
+    // more than its half, at every expiry.
+    let mut gate = [0i32; 2];
+    // SAFETY: a live array of two ints.
+    assert_eq!(unsafe { libc::pipe(gate.as_mut_ptr()) }, 0);
+    let [gate_r, gate_w] = gate;
+    // Per mille of the wall time each got: [boosted, twin].
+    let got = SharedWords::new(2);
+    let spinner = |boost: bool| {
+        spawn(move || {
+            pin_to_cpu0();
+            unprivileged(0);
+            // SAFETY: the handler does nothing.
+            let _reg = unsafe {
+                aem::register_inline(
+                    Source::periodic(Duration::from_micros(100)),
+                    Options::new().priority(49).noboost(!boost),
+                    |_| Action::Rearm,
+                )
+            }
+            .unwrap();
+            // Both start together: when the parent closes the gate.
+            let mut b = [0u8; 1];
+            // SAFETY: our copy of the write end; a live one-byte buffer.
+            unsafe {
+                libc::close(gate_w);
+                while libc::read(gate_r, b.as_mut_ptr().cast(), 1) < 0 {}
+            }
+            let start = Instant::now();
+            let cpu0 = process_cpu_ns();
+            while start.elapsed() < Duration::from_secs(3) {
+                std::hint::black_box(0);
+            }
+            let used = process_cpu_ns() - cpu0;
+            got.set(
+                usize::from(!boost),
+                used * 1000 / start.elapsed().as_nanos() as u64,
+            );
+            0
+        })
+    };
+    let boosted = spinner(true);
+    let twin = spinner(false);
+    // SAFETY: our descriptors, closed once.
+    unsafe {
+        libc::close(gate_w);
+        libc::close(gate_r);
+    }
+    assert_eq!((reap(boosted), reap(twin)), (0, 0));
+    let (boosted, twin) = (got.get(0), got.get(1));
+    println!("boosted {boosted}‰, twin {twin}‰");
+    assert!(
+        twin >= 300,
+        "the twin got {twin}‰ of the CPU, the boosted one {boosted}‰: not contended as meant"
+    );
+    assert!(
+        boosted <= twin + 10,
+        "the task boosted by its timer got {boosted}‰ of the CPU, its unboosted twin {twin}‰"
     );
 }
 
