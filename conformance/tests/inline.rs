@@ -398,17 +398,35 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
             unsafe { libc::raise(libc::SIGUSR1) };
             Action::Rearm
         };
+        // The event fires once this thread sleeps in the keepalive (a
+        // timer could fire before it got there, on a slow machine, and
+        // its handler would interrupt something else).
+        let efd = eventfd();
         // SAFETY: the handler only calls raise(3), which is
         // async-signal-safe (and the signal handler it runs only stores to
         // an atomic).
         let _reg = unsafe {
             aem::register_inline(
-                after(Duration::from_millis(20), None),
-                Options::default(),
+                Source::fd(efd.as_fd(), FdEvents::IN),
+                Options::default().oneshot(true),
                 raise_usr1,
             )
         }
         .unwrap();
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::syscall(libc::SYS_gettid) };
+        let waiting = format!("/proc/self/task/{me}/syscall");
+        let theirs = efd.try_clone().unwrap();
+        let firer = std::thread::spawn(move || {
+            let wait_nr = format!("{} ", aem_syscalls::uapi::__NR_aem_wait);
+            while !std::fs::read_to_string(&waiting)
+                .unwrap_or_default()
+                .starts_with(&wait_nr)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            eventfd_add(&theirs, 1);
+        });
         // SAFETY: alarm has no preconditions.
         unsafe { libc::alarm(3) };
         let start = Instant::now();
@@ -416,6 +434,7 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
         let took = start.elapsed();
         // SAFETY: as above.
         unsafe { libc::alarm(0) };
+        firer.join().unwrap();
         if err != aem::Error::Os(aem::Errno(libc::EINTR)) || !USR1_HANDLED.load(SeqCst) {
             eprintln!(
                 "keepalive: {err:?}, SIGUSR1 handled: {}",
