@@ -152,10 +152,9 @@ fn sched_2_pending_events_boost_to_their_maximum_then_step_down() {
     {
         let _section = aem::critical_section();
         eventfd_add(&low, 1);
-        assert_eq!(stat_priority(), rt_band_priority(55));
         eventfd_add(&high, 1);
-        // Blocked, the thread already runs at the highest pending boost.
-        assert_eq!(stat_priority(), rt_band_priority(70));
+        // Blocked, the thread is not boosted for what it keeps out.
+        assert_eq!(stat_priority(), before, "boosted in a critical section");
     }
     // The 70 ran first at its boost; the 55 after, at its own.
     assert_eq!(seen_high[0].load(SeqCst), rt_band_priority(70));
@@ -169,19 +168,86 @@ fn sched_2_raising_a_pending_event_raises_the_boost() {
     let before = stat_priority();
     let efd = eventfd();
     let (reg, seen) = recording(&efd, 52);
-    {
-        let _section = aem::critical_section();
-        eventfd_add(&efd, 1);
-        assert_eq!(stat_priority(), rt_band_priority(52));
+    let raise = |prio| {
         aem_syscalls::aem_ctl(
             reg.id() as i32,
             aem_syscalls::uapi::AEM_CTL_SET_PRIORITY,
-            75,
+            prio,
         )
-        .unwrap();
-        assert_eq!(stat_priority(), rt_band_priority(75));
-    }
+        .unwrap()
+    };
+    // Pending in a critical section: the raise waits, with the rest of the
+    // boost, for the section's end; the handler then runs at 75.
+    let block = aem::critical_section();
+    eventfd_add(&efd, 1);
+    assert_eq!(stat_priority(), before);
+    raise(75);
+    assert_eq!(stat_priority(), before, "boosted in a critical section");
+    drop(block);
     assert_eq!(seen[0].load(SeqCst), rt_band_priority(75));
+    assert_eq!(stat_priority(), before);
+    // Pending in a handler of its own, which does not block delivery: a
+    // raise boosts the thread while the handler still runs.
+    let outer = eventfd();
+    let seen_outer = Arc::new([AtomicI64::new(i64::MIN), AtomicI64::new(i64::MIN)]);
+    let s = seen_outer.clone();
+    let inner_efd = efd.try_clone().unwrap();
+    let inner_id = reg.id() as i32;
+    raise(52);
+    // SAFETY: the handler makes plain system calls, reads /proc (see
+    // recording()) and touches atomics; it runs only on this thread's way
+    // back from its own eventfd write.
+    let _outer = unsafe {
+        aem::register_inline(
+            Source::fd(outer.as_fd(), FdEvents::IN),
+            Options::new().priority(51),
+            move |_| {
+                eventfd_add(&inner_efd, 1);
+                s[0].store(stat_priority(), SeqCst);
+                aem_syscalls::aem_ctl(inner_id, aem_syscalls::uapi::AEM_CTL_SET_PRIORITY, 80)
+                    .unwrap();
+                s[1].store(stat_priority(), SeqCst);
+                Action::Rearm
+            },
+        )
+    }
+    .unwrap();
+    eventfd_add(&outer, 1);
+    assert_eq!(seen_outer[0].load(SeqCst), rt_band_priority(52));
+    assert_eq!(seen_outer[1].load(SeqCst), rt_band_priority(80));
+    assert_eq!(seen[0].load(SeqCst), rt_band_priority(80));
+    assert_eq!(stat_priority(), before);
+}
+
+/// Both ways of blocking delivery keep the boost off until the block
+/// ends; the handler then runs boosted.
+#[test]
+fn sched_2_a_thread_that_blocks_delivery_is_boosted_only_when_the_block_ends() {
+    let _budget = BoostBudget::set(1_000_000);
+    let before = stat_priority();
+    let efd = eventfd();
+    let (_reg, seen) = recording(&efd, 60);
+    let ctl = |op| aem_syscalls::aem_ctl(0, op, 0).unwrap();
+    ctl(aem_syscalls::uapi::AEM_CTL_BLOCK);
+    eventfd_add(&efd, 1);
+    eventfd_add(&efd, 1);
+    assert_eq!(stat_priority(), before, "boosted under AEM_CTL_BLOCK");
+    assert_eq!(seen[0].load(SeqCst), i64::MIN, "ran while blocked");
+    ctl(aem_syscalls::uapi::AEM_CTL_UNBLOCK);
+    assert_eq!(seen[0].load(SeqCst), rt_band_priority(60));
+    assert_eq!(stat_priority(), before);
+
+    // The thread area: the kernel learns of the block from the first
+    // event, and takes its boost back on the way to user mode.
+    seen[0].store(i64::MIN, SeqCst);
+    {
+        let _section = aem::critical_section();
+        for _ in 0..3 {
+            eventfd_add(&efd, 1);
+            assert_eq!(stat_priority(), before, "boosted in a critical section");
+        }
+    }
+    assert_eq!(seen[0].load(SeqCst), rt_band_priority(60));
     assert_eq!(stat_priority(), before);
 }
 
