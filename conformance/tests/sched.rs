@@ -516,6 +516,111 @@ fn sched_3_a_task_boosting_itself_with_a_timer_gets_no_more_than_its_twin() {
     );
 }
 
+/// `/proc/sys/kernel/<name>` as a number.
+fn sysctl(name: &str) -> i64 {
+    let path = format!("/proc/sys/kernel/{name}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{path}: {text}"))
+}
+
+#[test]
+fn sched_3_rt_band_flood_is_held_to_sched_rt_runtime() {
+    // On CPU 0 for 2 s: a busy fair task, and a process whose handlers
+    // (priority 90, the real-time band) each burn 500 us and activate the
+    // next, so that the process is always boosted.  The decay is put out
+    // of reach: RT throttling alone must leave the busy task its share,
+    // 1 - sched_rt_runtime_us / sched_rt_period_us of the CPU.
+    let runtime = sysctl("sched_rt_runtime_us");
+    let period = sysctl("sched_rt_period_us");
+    assert!(
+        runtime > 0 && runtime < period,
+        "RT throttling is off: sched_rt_runtime_us {runtime}, period {period}"
+    );
+    let _budget = BoostBudget::set(100_000_000);
+    let mut gate = [0i32; 2];
+    // SAFETY: a live array of two ints.
+    assert_eq!(unsafe { libc::pipe(gate.as_mut_ptr()) }, 0);
+    let [gate_r, gate_w] = gate;
+    let wait_gate = move || {
+        let mut b = [0u8; 1];
+        // SAFETY: our copy of the write end; a live one-byte buffer.
+        unsafe {
+            libc::close(gate_w);
+            while libc::read(gate_r, b.as_mut_ptr().cast(), 1) < 0 {}
+        }
+    };
+    // Per mille of the wall time each got: [flood, busy task].
+    let got = SharedWords::new(2);
+    let window = Duration::from_secs(2);
+    let flood = spawn(move || {
+        pin_to_cpu0();
+        let efd = eventfd();
+        let next = efd.try_clone().unwrap();
+        wait_gate();
+        let start = Instant::now();
+        // SAFETY: the handler reads the clock and writes an eventfd.
+        let _reg = unsafe {
+            aem::register_inline(
+                Source::fd(efd.as_fd(), FdEvents::IN),
+                Options::new().priority(90),
+                move |_| {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_micros(500) {
+                        std::hint::black_box(0);
+                    }
+                    if start.elapsed() < window {
+                        eventfd_add(&next, 1);
+                    }
+                    Action::Rearm
+                },
+            )
+        }
+        .unwrap();
+        let cpu0 = process_cpu_ns();
+        // Its handler runs on the way back, and the next, and the next...
+        eventfd_add(&efd, 1);
+        let used = process_cpu_ns() - cpu0;
+        got.set(0, used * 1000 / start.elapsed().as_nanos() as u64);
+        0
+    });
+    let busy = spawn(move || {
+        pin_to_cpu0();
+        wait_gate();
+        let start = Instant::now();
+        let cpu0 = process_cpu_ns();
+        while start.elapsed() < window {
+            std::hint::black_box(0);
+        }
+        let used = process_cpu_ns() - cpu0;
+        got.set(1, used * 1000 / start.elapsed().as_nanos() as u64);
+        0
+    });
+    // SAFETY: our descriptors, closed once.
+    unsafe {
+        libc::close(gate_w);
+        libc::close(gate_r);
+    }
+    assert_eq!((reap(flood), reap(busy)), (0, 0));
+    let (flood, busy) = (got.get(0) as i64, got.get(1) as i64);
+    let rt_share = runtime * 1000 / period;
+    println!("flood {flood}‰, busy task {busy}‰, sched_rt_runtime_us {runtime}/{period}");
+    assert!(
+        flood >= 800,
+        "the flood got {flood}‰ of the CPU, the busy task {busy}‰: not boosted into the real-time band"
+    );
+    assert!(
+        flood <= rt_share + 20,
+        "the boosted flood got {flood}‰ of the CPU, above sched_rt_runtime_us's {rt_share}‰"
+    );
+    assert!(
+        busy >= (1000 - rt_share) / 2,
+        "the busy task got {busy}‰ of the CPU against a real-time-band flood (throttling leaves it {}‰)",
+        1000 - rt_share
+    );
+}
+
 #[test]
 fn sched_4_higher_priority_handler_runs_first_across_processes() {
     // Two processes on CPU 0 wait for their events (AEM priorities 60 and
