@@ -53,8 +53,9 @@
 //!   `std` printing, locks, any allocator and any `log` backend work.
 //! - [`register_inline`] (`unsafe`): closures the kernel runs in the main
 //!   flow, like signal handlers ([`Action`], [`block`], [`run`]).
-//! - [`on_accept`], [`on_read`], [`on_socket_state`] (`unsafe`): the
-//!   socket sources, typed: the kernel accepts, reads, or reports TCP
+//! - [`on_accept`], [`on_read`], [`on_read_shared`], [`on_socket_state`]
+//!   (`unsafe`): the socket sources, typed: the kernel accepts, reads
+//!   (into a buffer per registration, or one per thread), or reports TCP
 //!   state changes, and the closure gets an `OwnedFd`, the bytes, or a
 //!   [`StateChange`].
 //! - [`Pool`], [`PoolRegistration`]: closures the kernel runs on a set of
@@ -179,6 +180,7 @@ pub use pool::{Pool, PoolRegistration, WakeOrder};
 pub use read::{register_read, ReadRegistration};
 pub use signal::{on_signals, Signal, SignalRegistration};
 pub use socket::{
-    on_accept, on_read, on_socket_state, AcceptFlags, ReadEvent, StateChange, TcpState,
+    on_accept, on_read, on_read_shared, on_socket_state, AcceptFlags, ReadEvent, StateChange,
+    TcpState, SHARED_READ_BUFFER,
 };
 pub use topic::{Topic, TopicInfo, TopicOptions};

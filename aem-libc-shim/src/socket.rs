@@ -189,21 +189,37 @@ where
 
 /// The buffer the kernel reads into: allocated here, handed to the kernel
 /// by address, freed only after the event is unregistered (it lives in the
-/// handler, which `InlineRegistration` drops after unregistering).
+/// handler, which `InlineRegistration` drops after unregistering); or the
+/// thread's shared buffer, never freed.
 struct ReadBuffer {
     ptr: *mut u8,
     len: usize,
+    /// Freed on drop; false for a thread's shared buffer, which never is.
+    owned: bool,
 }
 
-// SAFETY: the buffer is plain memory owned by this value; it is touched
-// only by the kernel at delivery and by the handler right after, on the
-// registering thread.
+// SAFETY: the buffer is plain memory owned by this value, or a thread's
+// shared buffer that is never freed; it is touched only by the kernel at
+// delivery and by the handler right after, on the registering thread.
 unsafe impl Send for ReadBuffer {}
 
 impl ReadBuffer {
     fn new(len: usize) -> ReadBuffer {
         let ptr = Box::into_raw(vec![0u8; len].into_boxed_slice()) as *mut u8;
-        ReadBuffer { ptr, len }
+        ReadBuffer {
+            ptr,
+            len,
+            owned: true,
+        }
+    }
+
+    /// The calling thread's shared buffer (see [`on_read_shared`]).
+    fn shared() -> ReadBuffer {
+        ReadBuffer {
+            ptr: shared_read_buffer(),
+            len: SHARED_READ_BUFFER,
+            owned: false,
+        }
     }
 
     /// The first `n` bytes, which the kernel just read.
@@ -221,8 +237,11 @@ impl ReadBuffer {
 
 impl Drop for ReadBuffer {
     fn drop(&mut self) {
-        // SAFETY: `ptr` and `len` come from the boxed slice made in `new`.
-        drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+        if self.owned {
+            // SAFETY: `ptr` and `len` come from the boxed slice made in
+            // `new`.
+            drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+        }
     }
 }
 
@@ -240,7 +259,7 @@ pub unsafe fn on_read<F>(
     fd: BorrowedFd<'_>,
     buffer_len: usize,
     options: Options,
-    mut handler: F,
+    handler: F,
 ) -> Result<InlineRegistration, Error>
 where
     F: FnMut(ReadEvent<'_>) -> Action + Send + 'static,
@@ -249,7 +268,88 @@ where
         .ok()
         .filter(|&l| l != 0 && l <= uapi::AEM_READ_MAX_LEN)
         .ok_or(Error::Os(Errno(libc::EINVAL)))?;
-    let buffer = ReadBuffer::new(buffer_len);
+    // SAFETY: our caller keeps the contract for `handler`.  The buffer
+    // lives in the handler's closure, which the registration drops only
+    // after unregistering.
+    unsafe { register_inline_read(fd, ReadBuffer::new(buffer_len), len, options, handler) }
+}
+
+/// Bytes of a thread's shared read buffer ([`on_read_shared`]).
+pub const SHARED_READ_BUFFER: usize = 16 * 1024;
+
+thread_local! {
+    // A constant initialiser and no destructor: the buffer outlives every
+    // delivery to this thread (see `shared_read_buffer`).
+    static SHARED_READ: core::cell::Cell<*mut u8> = const { core::cell::Cell::new(core::ptr::null_mut()) };
+}
+
+/// The calling thread's shared read buffer, allocated on first use and
+/// never freed: the kernel may write it at any delivery to this thread,
+/// and a thread's inline events end only when the thread itself does.
+fn shared_read_buffer() -> *mut u8 {
+    SHARED_READ.with(|buf| {
+        if buf.get().is_null() {
+            let leaked: &'static mut [u8] =
+                Box::leak(vec![0u8; SHARED_READ_BUFFER].into_boxed_slice());
+            buf.set(leaked.as_mut_ptr());
+        }
+        buf.get()
+    })
+}
+
+/// Like [`on_read`], but the kernel reads into one buffer of
+/// [`SHARED_READ_BUFFER`] bytes that every such registration of the
+/// calling thread shares, as io_uring's provided buffers serve many
+/// sockets: an idle connection holds no buffer at all.
+///
+/// Sound because the kernel reads at delivery, on the registering thread,
+/// and handlers of one thread never nest: the bytes a handler sees stay
+/// as they are until it returns, and the next delivery reads after that.
+/// The buffer is allocated on the thread's first shared read and lives as
+/// long as the process (16 KiB per thread that ever uses it).
+///
+/// # Safety
+///
+/// `handler` runs inline, interrupting the calling thread between any two
+/// instructions: it must keep the contract of
+/// [`register_inline`](crate::register_inline#safety).
+pub unsafe fn on_read_shared<F>(
+    fd: BorrowedFd<'_>,
+    options: Options,
+    handler: F,
+) -> Result<InlineRegistration, Error>
+where
+    F: FnMut(ReadEvent<'_>) -> Action + Send + 'static,
+{
+    // SAFETY: our caller keeps the contract for `handler`; the shared
+    // buffer is never freed.
+    unsafe {
+        register_inline_read(
+            fd,
+            ReadBuffer::shared(),
+            SHARED_READ_BUFFER as u32,
+            options,
+            handler,
+        )
+    }
+}
+
+/// A read registration into `buffer`, of which the kernel fills at most
+/// `len` bytes.
+///
+/// # Safety
+///
+/// `handler` keeps the contract of `register_inline`.
+unsafe fn register_inline_read<F>(
+    fd: BorrowedFd<'_>,
+    buffer: ReadBuffer,
+    len: u32,
+    options: Options,
+    mut handler: F,
+) -> Result<InlineRegistration, Error>
+where
+    F: FnMut(ReadEvent<'_>) -> Action + Send + 'static,
+{
     let mut attr = attr_base(options);
     attr.source = SourceKind::Read.raw();
     attr.__bindgen_anon_1.read = uapi::aem_read_source {
@@ -262,8 +362,9 @@ where
             EventData::Read { result: Ok(0) } => ReadEvent::Eof,
             EventData::Read { result: Ok(n) } => {
                 // SAFETY: the kernel wrote `n` <= `len` bytes into the
-                // buffer before running this handler, and nothing else
-                // touches it until the handler returns.
+                // buffer before running this handler, and writes it again
+                // only at a later delivery on this thread, after the
+                // handler returned (handlers of a thread never nest).
                 ReadEvent::Data(unsafe { buffer.filled(n) })
             }
             EventData::Read { result: Err(e) } => ReadEvent::Error(e),
@@ -272,7 +373,7 @@ where
         handler(event)
     };
     // SAFETY: our caller keeps the contract for `handler`; around it the
-    // closure only reads the buffer it owns, which is handler-safe.
+    // closure only reads the buffer, which is handler-safe.
     unsafe { register_inline_attr(attr, on_record) }
 }
 

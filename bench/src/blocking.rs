@@ -305,7 +305,7 @@ pub fn perf5() {
             peer / min
         );
     }
-    let verdict = |ratio: f64| if ratio >= AIM { "met" } else { "NOT met" };
+    let verdict = |ratio: f64| crate::verdict(ratio >= AIM);
     let (inlined, called) = (peer / stats[0].0, peer / stats[2].0);
     println!(
         "{:<8} aim: critical section >= {AIM}x cheaper than the sigprocmask pair: \

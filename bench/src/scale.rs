@@ -72,6 +72,7 @@ pub fn perf2() {
         "id", "inline handler latency (guest-clock ns)", "p50", "p99", "ratio"
     );
     let mut base = 0;
+    let mut last = 0;
     for total in [1usize, 1_000, 100_000, 1_000_000] {
         let idle = idle_timers(total - 1);
         let efd = eventfd();
@@ -82,6 +83,7 @@ pub fn perf2() {
         if total == 1 {
             base = pct(&lat, 50);
         }
+        last = pct(&lat, 50);
         crate::row(
             "PERF-2",
             &format!("{total} registrations (1 firing)"),
@@ -89,6 +91,12 @@ pub fn perf2() {
             base,
         );
     }
+    let ratio = last as f64 / base as f64;
+    println!(
+        "{:<8} aim: p50 with 1,000,000 registrations within 10% of 1's: {ratio:.2}x {}",
+        "PERF-2",
+        crate::verdict(ratio <= 1.10)
+    );
 }
 
 /// Bytes per item that `f` costs, for `n` items: the growth of the memory
@@ -173,5 +181,11 @@ pub fn perf3() {
     line("AEM fd registration, polled", polled);
     line("AEM fd registration, inline handler", inline);
     line("AEM timer registration (for reference)", timer);
+    println!(
+        "{:<8} aim: a polled fd registration <= 0.75x epoll's memory: {:.2}x {}",
+        "PERF-3",
+        polled / epoll,
+        crate::verdict(polled <= 0.75 * epoll)
+    );
     println!("(N = {N} items; `slab` of memory.stat in the process's memory cgroup)");
 }

@@ -3,7 +3,9 @@
 //! accepts each connection and reads each request, and the handlers, run
 //! inline in the main flow, parse and reply.  The main flow does nothing
 //! but wait (`aem::run`); idle connections cost a registration each and no
-//! work at all.
+//! work at all.  Every connection's requests are read into the thread's one
+//! shared buffer (`aem::on_read_shared`), as io_uring's provided buffers
+//! serve many sockets: an idle connection holds no buffer.
 //!
 //! Handlers never nest (the kernel does not interrupt a handler with
 //! another event of the process), and the main flow never touches the
@@ -33,16 +35,12 @@ const USAGE: &str = "usage: http-aem [--addr HOST:PORT] [--max-conns N]";
 #[global_allocator]
 static ALLOC: aem::HandlerSafeAlloc = aem::HandlerSafeAlloc::system();
 
-/// Bytes the kernel reads per delivery, per connection: a request head
-/// fits, and 10,000 idle connections cost 40 MiB of buffers, not 160.
-const READ_BUFFER: usize = 4 * 1024;
-
 /// One client connection.
 ///
 /// Fields drop in order: the registrations go before the stream closes its
 /// descriptor.
 struct Client {
-    /// The kernel reads requests into this registration's buffer.
+    /// The kernel reads requests into the thread's shared buffer.
     reader: Option<InlineRegistration>,
     /// Registered while a reply waits for room in the socket.
     writer: Option<InlineRegistration>,
@@ -120,7 +118,7 @@ fn on_accept(conn: Result<OwnedFd, aem::Errno>) -> Action {
     // registers and drops registrations, and allocates through this
     // binary's HandlerSafeAlloc.
     let reader = unsafe {
-        aem::on_read(stream.as_fd(), READ_BUFFER, Options::default(), move |ev| {
+        aem::on_read_shared(stream.as_fd(), Options::default(), move |ev| {
             on_request_bytes(raw, ev)
         })
     };
