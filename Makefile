@@ -30,7 +30,7 @@ TARGET := x86_64-unknown-linux-gnu
 # that build scripts and proc-macros on the host stay dynamic.
 GUEST_CARGO := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
 	cargo
-GUEST_BINS := $(addprefix target/$(TARGET)/release/,aem-demo http-aem http-epoll http-load \
+GUEST_BINS := $(addprefix target/$(TARGET)/release/,aem-demo http-aem http-epoll http-uring http-load \
 	aem-echo-server aem-pool-server aem-fork-server aem-periodic-timer aem-tokio-echo \
 	aem-topic-pubsub aem-pressure-watch aem-word-watch aem-module-events)
 

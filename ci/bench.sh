@@ -38,34 +38,59 @@ icount() {
 	AEM_ACCEL=tcg AEM_SMP=1 AEM_QEMU_ARGS="-icount shift=0,sleep=off" "$@"
 }
 
-# PERF-4 in one boot: each server in turn under the same load; prints the
-# load generator's lines and the ratio table.
+# PERF-4 in one boot: each server in turn under the same load, in a memory
+# cgroup of its own; prints the load generator's lines and the ratio table.
+# The server's CPU is user + system ticks over the whole load run (the
+# accepts of the 10,000 idle connections included); its memory is the
+# peak growth of its cgroup's `slab` (kernel objects: sockets, files,
+# epoll items or AEM registrations) and `anon` (user memory: buffers)
+# over the run, per connection.
 perf4() {
 	local out
 	out=$(AEM_MEM=2048 "$@" qemu/guest.sh -- '
-		for s in http-epoll http-aem; do
-			$s --addr 127.0.0.1:8080 --max-conns 20000 >/tmp/$s.log 2>&1 &
+		mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
+		echo +memory >/sys/fs/cgroup/cgroup.subtree_control
+		stat() { awk -v k=$2 '"'"'$1 == k { print $2 }'"'"' /sys/fs/cgroup/$1/memory.stat; }
+		for s in http-epoll http-uring http-aem; do
+			mkdir -p /sys/fs/cgroup/$s
+			sh -c "echo \$\$ >/sys/fs/cgroup/$s/cgroup.procs; exec $s --addr 127.0.0.1:8080 --max-conns 20000" >/tmp/$s.log 2>&1 &
 			pid=$!
 			until grep -q listening /tmp/$s.log; do sleep 0.1; done
+			slab0=$(stat $s slab); anon0=$(stat $s anon); slab1=$slab0; anon1=$anon0
 			t0=$(cut -d" " -f14-15 /proc/$pid/stat | tr " " +)
-			r=$(http-load --addr 127.0.0.1:8080 --idle 10000 --clients 100 --warmup 0.5 --duration 2 --timeout 120)
+			http-load --addr 127.0.0.1:8080 --idle 10000 --clients 100 --warmup 0.5 --duration 2 --timeout 120 >/tmp/load.out &
+			load=$!
+			while kill -0 $load 2>/dev/null; do
+				v=$(stat $s slab); [ "$v" -gt "$slab1" ] && slab1=$v
+				v=$(stat $s anon); [ "$v" -gt "$anon1" ] && anon1=$v
+				sleep 0.2
+			done
+			wait $load
 			t1=$(cut -d" " -f14-15 /proc/$pid/stat | tr " " +)
-			echo "$s $r server_ticks=$(( (t1) - (t0) ))"
+			echo "$s $(cat /tmp/load.out) server_ticks=$(( (t1) - (t0) )) slab_per_conn=$(( (slab1 - slab0) / 10100 )) anon_per_conn=$(( (anon1 - anon0) / 10100 ))"
 			kill $pid; wait $pid
 		done')
 	echo "$out" | sed 's/^/  /'
 	echo "$out" | awk '
 		{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[$1, kv[1]] = kv[2] } }
 		END {
-			e = "http-epoll"; a = "http-aem"
-			printf "%-8s %-44s %9s %9s %6s\n", "id", "HTTP server, 10,000 idle + 100 clients", "req/s", "p99 us", "ratio"
-			printf "%-8s %-44s %9d %9d %6.2f\n", "peer", "epoll server", v[e, "rps"], v[e, "p99_us"], 1
-			printf "%-8s %-44s %9d %9d %6.2f\n", "PERF-4", "AEM server (accept + read inline)", v[a, "rps"], v[a, "p99_us"], v[a, "rps"] / v[e, "rps"]
-			printf "%-8s %-44s %9s %9s %6.2f\n", "PERF-4", "p99 latency, AEM / epoll", "", "", v[a, "p99_us"] / v[e, "p99_us"]
-			# Server CPU (user + system ticks over the whole load run, the
-			# accepts of the 10,000 idle connections included) per request.
-			printf "%-8s %-44s %9s %9s %6.2f\n", "PERF-4", "server CPU per request, AEM / epoll", "", "", (v[a, "server_ticks"] / v[a, "requests"]) / (v[e, "server_ticks"] / v[e, "requests"])
-		}'
+			e = "http-epoll"; u = "http-uring"; a = "http-aem"
+			cpu[e] = v[e, "server_ticks"] / v[e, "requests"]
+			cpu[u] = v[u, "server_ticks"] / v[u, "requests"]
+			cpu[a] = v[a, "server_ticks"] / v[a, "requests"]
+			printf "%-8s %-36s %8s %7s %8s %7s %7s\n", "id", "HTTP server, 10,000 idle + 100 clients", "req/s", "p99 us", "CPU/req", "slab/c", "anon/c"
+			row("peer", "epoll server", e)
+			row("PERF-4", "io_uring server (multishot, buf ring)", u)
+			row("PERF-4", "AEM server (accept + read inline)", a)
+			verdict(sprintf("server CPU per request <= 0.8x epoll and <= io_uring: %.2fx epoll, %.2fx io_uring", cpu[a] / cpu[e], cpu[a] / cpu[u]), cpu[a] <= 0.8 * cpu[e] && cpu[a] <= cpu[u])
+			verdict(sprintf("p99 <= epoll: %.2fx", v[a, "p99_us"] / v[e, "p99_us"]), v[a, "p99_us"] <= v[e, "p99_us"])
+			verdict(sprintf("kernel memory per connection <= epoll: %d vs %d bytes of slab", v[a, "slab_per_conn"], v[e, "slab_per_conn"]), v[a, "slab_per_conn"] <= v[e, "slab_per_conn"])
+		}
+		function row(id, name, s) {
+			printf "%-8s %-36s %8d %7d %8.2f %7d %7d\n", id, name, v[s, "rps"], v[s, "p99_us"], cpu[s] / cpu["http-epoll"], v[s, "slab_per_conn"], v[s, "anon_per_conn"]
+		}
+		function verdict(what, ok) { printf "%-8s aim: %s %s\n", "PERF-4", what, ok ? "met" : "NOT met" }'
+	echo "(CPU/req: server ticks per request, relative to the epoll server; slab/c, anon/c: peak growth of slab and anon in the memory.stat of the server cgroup over the run, bytes per connection)"
 }
 
 # PERF-6's reference: cyclictest (Debian rt-tests, `make deps`) on CPU 0

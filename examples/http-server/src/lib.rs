@@ -1,6 +1,7 @@
 //! A deliberately small HTTP/1.1 server core, shared by the epoll server
-//! (`http-epoll`) and the AEM server (`http-aem`), so that the two differ
-//! only in how they wait for and move bytes.
+//! (`http-epoll`), the io_uring server (`http-uring`) and the AEM server
+//! (`http-aem`), so that they differ only in how they wait for and move
+//! bytes.
 //!
 //! [`Conn`] is push-driven: hand it whatever bytes arrived, in whatever
 //! pieces, and it appends the complete responses to an output buffer. That
