@@ -451,6 +451,114 @@ fn exec_5_keepalive_ends_when_a_signal_handler_runs_on_top_of_an_aem_handler() {
     assert_eq!(code, 0);
 }
 
+/// The system call the thread `tid` of this process is in, from
+/// `/proc/self/task/<tid>/syscall` (`None` when it runs in user mode).
+fn syscall_of(tid: i64) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    text.split(' ').next()?.trim().parse().ok()
+}
+
+/// Wait up to 10 s for `cond`.
+fn within_10s(mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+#[test]
+fn exec_5_keepalive_sleeps_between_handlers_in_aem_return_and_still_ends_on_a_signal() {
+    // A thread that lives in its handlers: after the first, it waits for
+    // the next inside aem_return(), on the same frame, not back in
+    // aem_wait().  A signal without a handler does not end that wait; one
+    // with a handler ends the keepalive with EINTR, as before.
+    static SERVED: AtomicU64 = AtomicU64::new(0);
+    let code = aem_conformance::in_child(|| {
+        // SAFETY: installs handlers that only store to an atomic or do
+        // nothing; the watchdog alarm ends a keepalive that sleeps on.
+        unsafe {
+            sigaction(Signal::SIGUSR1, &plain_handler(note_usr1)).expect("sigaction");
+            sigaction(Signal::SIGALRM, &plain_handler(on_usr1)).expect("sigaction");
+        }
+        let efd = eventfd();
+        let fd = efd.as_fd().as_raw_fd();
+        let drain = move |_: &mut aem::Record| {
+            let mut b = [0u8; 8];
+            // SAFETY: a live 8-byte buffer.
+            unsafe { libc::read(fd, b.as_mut_ptr().cast(), 8) };
+            SERVED.fetch_add(1, SeqCst);
+            Action::Rearm
+        };
+        // SAFETY: the handler makes a read(2) and touches an atomic.
+        let _reg = unsafe {
+            aem::register_inline(
+                Source::fd(efd.as_fd(), FdEvents::IN),
+                Options::default(),
+                drain,
+            )
+        }
+        .unwrap();
+        // SAFETY: gettid and pthread_self have no preconditions.
+        let (me, me_pthread) = unsafe {
+            (
+                libc::syscall(libc::SYS_gettid),
+                libc::pthread_self() as usize,
+            )
+        };
+        let theirs = efd.try_clone().unwrap();
+        let firer = std::thread::spawn(move || -> Result<(), String> {
+            let (wait, ret) = (
+                aem_syscalls::uapi::__NR_aem_wait,
+                aem_syscalls::nr::AEM_RETURN as u32,
+            );
+            if !within_10s(|| syscall_of(me) == Some(wait)) {
+                return Err("never in aem_wait".into());
+            }
+            for round in 1..=50u64 {
+                eventfd_add(&theirs, 1);
+                if !within_10s(|| SERVED.load(SeqCst) == round && syscall_of(me) == Some(ret)) {
+                    return Err(format!(
+                        "round {round}: {} served, in system call {:?}",
+                        SERVED.load(SeqCst),
+                        syscall_of(me)
+                    ));
+                }
+                if round == 25 {
+                    // SIGWINCH has no handler: ignored, it must not end
+                    // the keepalive.
+                    // SAFETY: a signal to a thread of this process.
+                    unsafe { libc::pthread_kill(me_pthread as libc::pthread_t, libc::SIGWINCH) };
+                }
+            }
+            // SAFETY: as above; SIGUSR1 has a handler.
+            unsafe { libc::pthread_kill(me_pthread as libc::pthread_t, libc::SIGUSR1) };
+            Ok(())
+        });
+        // SAFETY: alarm has no preconditions.
+        unsafe { libc::alarm(30) };
+        let err = aem::run();
+        // SAFETY: as above.
+        unsafe { libc::alarm(0) };
+        if let Err(e) = firer.join().unwrap() {
+            eprintln!("{e}");
+            return 1;
+        }
+        if err != aem::Error::Os(aem::Errno(libc::EINTR)) || !USR1_HANDLED.load(SeqCst) {
+            eprintln!(
+                "keepalive: {err:?}, SIGUSR1 handled: {}",
+                USR1_HANDLED.load(SeqCst)
+            );
+            return 2;
+        }
+        0
+    });
+    assert_eq!(code, 0);
+}
+
 /// Turn the calling thread's alternate signal stack off (before the memory
 /// it used goes).
 fn disable_altstack() {
