@@ -79,6 +79,10 @@ fn recording(efd: &OwnedFd, priority: u8) -> (aem::InlineRegistration, Arc<[Atom
 
 #[test]
 fn sched_1_rt_band_boost_shows_while_the_handler_runs_and_is_gone_after() {
+    // The handler's /proc read must not run out the decay budget: as the
+    // first test of a binary under TCG it also pays for translating the
+    // code it runs (a -smp 1 CI pass saw the boost decayed by then).
+    let _budget = BoostBudget::set(1_000_000);
     let before = stat_priority();
     let (policy, nice) = policy_and_nice();
     let efd = eventfd();
@@ -105,6 +109,8 @@ fn sched_1_rt_band_boost_shows_while_the_handler_runs_and_is_gone_after() {
 
 #[test]
 fn sched_1_fair_band_boost_is_traced_and_leaves_the_priority_alone() {
+    // A decay would add boost lines to the trace (see above).
+    let _budget = BoostBudget::set(1_000_000);
     let before = stat_priority();
     let dir = start_aem_tracing();
     // Priority 0, the default, does not boost at all.
