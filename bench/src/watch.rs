@@ -149,9 +149,12 @@ fn notify_latency(word: &'static AtomicU32, wait: impl FnMut(u32) + Send + 'stat
     let stop = Arc::new(AtomicBool::new(false));
     let (s, g, st) = (sent.clone(), got.clone(), stop.clone());
     let mut wait = wait;
+    // Read here, not in the thread: a thread that started after the first
+    // store would wait for a change it already missed, and the writer for
+    // it, for ever (seen in the wall-clock lens, 2 CPUs).
+    let mut seen = word.load(SeqCst);
     let waiter = std::thread::spawn(move || {
         let mut lat = Vec::with_capacity(ROUNDS);
-        let mut seen = word.load(SeqCst);
         while lat.len() < ROUNDS && !st.load(SeqCst) {
             wait(seen);
             let now = now_ns();
