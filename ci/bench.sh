@@ -52,7 +52,7 @@ icount() {
 perf4() {
 	local out
 	out=$(AEM_MEM=2048 "$@" qemu/guest.sh -- '
-		mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup
+		[ -e /sys/fs/cgroup/cgroup.controllers ] || mount -t cgroup2 none /sys/fs/cgroup
 		echo +memory >/sys/fs/cgroup/cgroup.subtree_control
 		stat() { awk -v k=$2 '"'"'$1 == k { print $2 }'"'"' /sys/fs/cgroup/$1/memory.stat; }
 		for s in http-epoll http-uring http-aem; do
