@@ -107,6 +107,61 @@ fn sched_1_rt_band_boost_shows_while_the_handler_runs_and_is_gone_after() {
     assert_eq!(policy_and_nice(), (policy, nice));
 }
 
+/// `/proc/self/aem` as a handler of priority `priority` on `efd` sees it.
+fn proc_aem_in_handler(efd: &OwnedFd, priority: u8) -> String {
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let s = seen.clone();
+    // SAFETY: as in `recording`: the handler reads /proc with std::fs and
+    // takes a lock, which is sound because it runs only where this thread
+    // delivers it, on the way back from its own eventfd write, holding no
+    // lock and outside the allocator.
+    let reg = unsafe {
+        aem::register_inline(
+            Source::fd(efd.as_fd(), FdEvents::IN),
+            Options::new().priority(priority),
+            move |_| {
+                *s.lock().unwrap() = std::fs::read_to_string("/proc/self/aem").unwrap();
+                Action::Rearm
+            },
+        )
+    }
+    .unwrap();
+    eventfd_add(efd, 1);
+    drop(reg);
+    let text = seen.lock().unwrap().clone();
+    assert!(!text.is_empty(), "the handler did not run");
+    text
+}
+
+#[test]
+fn obs_1_proc_aem_shows_a_thread_boost_only_while_its_handler_runs() {
+    let _budget = BoostBudget::set(1_000_000);
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let rt = proc_aem_in_handler(&eventfd(), 60);
+    assert!(
+        rt.lines()
+            .any(|l| l == format!("# thread {tid}: boost 60 real-time")),
+        "no real-time boost line for thread {tid}:\n{rt}"
+    );
+    let fair = proc_aem_in_handler(&eventfd(), 30);
+    assert!(
+        fair.lines()
+            .any(|l| l == format!("# thread {tid}: boost 30 fair")),
+        "no fair boost line for thread {tid}:\n{fair}"
+    );
+    let plain = proc_aem_in_handler(&eventfd(), 0);
+    assert!(
+        !plain.contains("# thread"),
+        "priority 0 does not boost:\n{plain}"
+    );
+    let after = std::fs::read_to_string("/proc/self/aem").unwrap();
+    assert!(
+        !after.contains("# thread"),
+        "a boost line outlived the handler:\n{after}"
+    );
+}
+
 #[test]
 fn sched_1_fair_band_boost_is_traced_and_leaves_the_priority_alone() {
     // A decay would add boost lines to the trace (see above).
