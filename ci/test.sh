@@ -2,9 +2,9 @@
 # `make test`: from a fresh clone, build everything and run every test.
 #
 # Phases: deps, kernel, rootfs, cargo fmt --check, cargo clippy -D warnings,
-# host cargo test, guest distribution checks, a short aem-fuzz run, the
-# conformance suite in the guest.  Each phase's time is printed (and kept
-# in build/phase-times.txt).
+# host cargo test, guest distribution checks, the kselftests of the series
+# in the guest, a short aem-fuzz run, the conformance suite in the guest.
+# Each phase's time is printed (and kept in build/phase-times.txt).
 # Every test result line is counted; the last line is "N passed, N failed".
 # Exit status is non-zero on any failure, including a kernel WARNING, BUG
 # or oops on a guest console and a guest timeout (qemu/guest.sh).
@@ -66,6 +66,8 @@ phase fmt check rust_fmt cargo fmt --all --check
 phase clippy check rust_clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 phase host-tests cargo test --workspace --exclude aem-conformance
 phase guest-checks ci/dist-checks.sh
+# The kselftests of the series (tools/testing/selftests/aem), in the guest.
+phase selftests-aem ci/selftests-aem.sh
 # A short aem-fuzz run (SEC-3) on this kernel; `make fuzz` is the long one.
 phase fuzz check aem_fuzz_smoke env KCONFIG="${KCONFIG:-default}" FUZZ_CALLS="${FUZZ_SMOKE_CALLS:-3000}" \
 	AEM_TIMEOUT="${FUZZ_SMOKE_TIMEOUT:-180}" ci/fuzz.sh
