@@ -192,6 +192,85 @@ fn deliv_5_handler_is_not_interrupted_by_another_event() {
     assert!(!B_INSIDE_A.load(SeqCst), "B interrupted A's handler");
 }
 
+/// The calling thread's voluntary context switches (async-signal-safe).
+fn voluntary_switches() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
+        usage.ru_nvcsw
+    }
+}
+
+#[test]
+fn deliv_5_events_queued_during_a_handler_do_not_wake_its_blocking_call() {
+    const EVENTS: usize = 40;
+    static IN_HANDLER: AtomicBool = AtomicBool::new(false);
+    static SLEEPS: AtomicI64 = AtomicI64::new(-1);
+    static LATER: AtomicU64 = AtomicU64::new(0);
+    let flood: Vec<_> = (0..EVENTS).map(|_| eventfd()).collect();
+    let _flood_regs: Vec<_> = flood
+        .iter()
+        .map(|fd| {
+            // SAFETY: the handler only touches an atomic.
+            unsafe {
+                aem::register_inline(readable(fd), Options::default(), |_| {
+                    LATER.fetch_add(1, SeqCst);
+                    Action::Rearm
+                })
+            }
+            .unwrap()
+        })
+        .collect();
+    let (r, w) = pipe();
+    let r_raw = r.as_raw_fd();
+    let a_fd = eventfd();
+    // SAFETY: the handler touches atomics and makes the async-signal-safe
+    // calls read(2) and getrusage(2).
+    let _a = unsafe {
+        aem::register_inline(readable(&a_fd), Options::default(), move |_| {
+            IN_HANDLER.store(true, SeqCst);
+            let before = voluntary_switches();
+            let mut buf = [0u8; 8];
+            // Inside the registration's unsafe block: reads into a live
+            // buffer of its length.
+            libc::read(r_raw, buf.as_mut_ptr().cast(), buf.len());
+            SLEEPS.store(voluntary_switches() - before, SeqCst);
+            Action::Rearm
+        })
+    }
+    .unwrap();
+    let raw: Vec<i32> = flood.iter().map(|fd| fd.as_raw_fd()).collect();
+    let firer = std::thread::spawn(move || {
+        while !IN_HANDLER.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The handler sleeps in read() now; each event queued for its
+        // thread used to wake it, to restart the read.
+        std::thread::sleep(Duration::from_millis(20));
+        let one = 1u64.to_ne_bytes();
+        for fd in raw {
+            // SAFETY: writes 8 bytes from a live buffer.
+            unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        write_fd(&w, b"done");
+    });
+    eventfd_add(&a_fd, 1);
+    firer.join().unwrap();
+    assert_eq!(
+        LATER.load(SeqCst),
+        EVENTS as u64,
+        "the events queued during the handler did not all run after it"
+    );
+    let sleeps = SLEEPS.load(SeqCst);
+    assert!(
+        (1..=EVENTS as i64 / 4).contains(&sleeps),
+        "the handler's read() slept {sleeps} times while {EVENTS} events were queued for its thread"
+    );
+}
+
 #[test]
 fn deliv_3_handler_return_disarms_or_unregisters() {
     static CALLS: AtomicU64 = AtomicU64::new(0);
