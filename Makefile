@@ -8,15 +8,26 @@
 #   make export-patches  build/linux's commits -> kernel-patches/
 #   make kernel-reset    discard build/linux's work, re-apply kernel-patches/
 #   make rootfs          build/rootfs.cpio.gz (ROOTFS_OVERLAY=DIR adds files)
-#   make run             boot and run the demo (a shell when on a terminal)
+#   make run             boot and run the demo (a shell when on a terminal);
+#                        IMAGE=debian: boot the Debian image, a serial login
+#   make deb             Debian packages of the kernel: linux-image, linux-headers,
+#                        linux-libc-dev (linux/aem.h) in build/deb/$(KCONFIG)
+#   make image           build/image/debian.img: Debian 12 (systemd, a root
+#                        login on the serial console, DHCP) with the kernel
+#                        packages of build/deb and our programs (ci/image.sh)
 #   make guest CMD='..'  run CMD in a fresh guest; its output, and its exit
 #                        status (exactly, from qemu/guest.sh)
 #   make test            everything, ending in "N passed, N failed"
 #   make test-debug      the conformance suite on the debug kernel (KASAN,
 #                        lockdep, kmemleak scan after each test binary)
+#   make test-dist       make deb, the packages in a Debian 12 chroot, make
+#                        image and a boot of it (minutes; not in make test)
 #   make fuzz            aem-fuzz: 1,000,000 random AEM calls in a debug-kernel
 #                        guest, then a kmemleak scan (FUZZ_SEED, FUZZ_CALLS, ...)
 #   make bench           the benchmark table
+#   make conformance-tap build aem-conformance-tap, the conformance suite in
+#                        one static binary with TAP output, for an installed
+#                        AEM kernel (docs/conformance-tap.md); prints its path
 #   make kselftest       upstream selftests (signals, timers, futex, rseq,
 #                        sched, epoll) on a stock and on the AEM kernel
 #   make bindings        regenerate aem-syscalls' UAPI bindings
@@ -32,10 +43,10 @@ GUEST_CARGO := CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-featur
 	cargo
 GUEST_BINS := $(addprefix target/$(TARGET)/release/,aem-demo http-aem http-epoll http-uring http-load \
 	aem-echo-server aem-pool-server aem-fork-server aem-periodic-timer aem-tokio-echo \
-	aem-topic-pubsub aem-pressure-watch aem-word-watch aem-module-events)
+	aem-topic-pubsub aem-pressure-watch aem-word-watch aem-module-events aemstat)
 
 .PHONY: deps kernel kernel-tree export-patches kernel-reset rootfs run guest \
-	test test-debug fuzz bench bindings guest-bins kselftest
+	test test-debug fuzz bench bindings guest-bins kselftest conformance-tap image
 
 deps:
 	@ci/deps.sh
@@ -57,13 +68,30 @@ guest-bins:
 	@$(GUEST_CARGO) build -q --release --target $(TARGET) -p aem-demo -p aem-http \
 		-p aem-echo-server -p aem-pool-server -p aem-fork-server -p aem-periodic-timer \
 		-p aem-tokio-echo -p aem-topic-pubsub -p aem-pressure-watch -p aem-word-watch \
-		-p aem-module-events
+		-p aem-module-events -p aemstat
 
 rootfs: deps guest-bins
 	@rootfs/build.sh build/rootfs.cpio.gz $(if $(ROOTFS_OVERLAY),--overlay $(ROOTFS_OVERLAY)) $(GUEST_BINS)
 
+ifeq ($(IMAGE),debian)
+run: image
+	@AEM_IMAGE=debian qemu/run.sh
+else
 run: kernel rootfs
 	@qemu/run.sh
+endif
+
+# The base system is cached in build/cache/; docs/build-times.md has times.
+deb: deps
+	@ci/deb.sh
+
+image: deps deb guest-bins
+	@ci/image.sh $(GUEST_BINS)
+
+# make deb, the packages in a Debian 12 chroot, make image and a boot of
+# the image: minutes and downloads, so not part of `make test`.
+test-dist: deps guest-bins
+	@ci/test-dist.sh
 
 # The build's chatter goes to stderr, so stdout is the command's output.
 # Make turns any failure into its own exit status 2 and names the guest's
@@ -93,6 +121,16 @@ bench: kernel rootfs
 # builds both kernels under build/.kernel-build.lock.
 kselftest: deps
 	@ci/kselftest.sh
+
+# The dev profile, as `cargo test` builds the suite (debug assertions on).
+# The remapping gives the test files the paths `cargo test` gives them
+# (conformance/tests/shim.rs: panic messages, which a test checks).  The
+# API-1 tests embed C programs built against build/uapi/include (from
+# `make kernel`); without it they fail, saying so.
+conformance-tap:
+	@$(GUEST_CARGO) rustc -q --target $(TARGET) -p aem-conformance-tap --bin aem-conformance-tap \
+		-- --remap-path-prefix=conformance/tap/..=conformance >&2
+	@echo target/$(TARGET)/debug/aem-conformance-tap
 
 bindings: kernel
 	cargo run -q -p aem-uapi-gen

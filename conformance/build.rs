@@ -21,6 +21,9 @@ fn main() {
         include.join("linux/aem.h").display()
     );
     println!("cargo:rerun-if-env-changed=AEM_UAPI_INCLUDE");
+    // For aem-conformance-tap's build (`links` metadata): where the API-1
+    // programs are.
+    println!("cargo:out_dir={}", out.display());
 
     // EXEC-1's register check: assembly linked into the test binaries.
     let regs = manifest.join("c/exec1_regs.S");

@@ -384,14 +384,16 @@ fn deliv_4_new_thread_starts_without_an_area() {
     with_area(|area| {
         set_block(area, 1);
         on_new_thread(|| {
-            // Not blocked by the parent thread's word, and free to
-            // register its own area.
+            // Free to register its own area (first: the shim registers
+            // one for the thread's first critical section, such as its
+            // warning about the allocator, printed once per process), and
+            // not blocked by the parent thread's word.
+            let mut own = Box::new(Area::default());
+            register(&mut *own, SIZE).expect("a new thread has no area");
             let efd = eventfd();
             let h = counted(&efd);
             eventfd_add(&efd, 1);
             assert_eq!(h.runs.load(SeqCst), 1, "the new thread is not blocked");
-            let mut own = Box::new(Area::default());
-            register(&mut *own, SIZE).expect("a new thread has no area");
             drop(h);
             unregister(&mut *own, SIZE).unwrap();
         });
