@@ -6,7 +6,8 @@ set -euo pipefail
 PACKAGES=(
 	build-essential bc flex bison libelf-dev libssl-dev cpio rsync
 	busybox-static qemu-system-x86 libclang-dev clang ccache git xz-utils
-	python3 perl python3-ply python3-git rt-tests
+	python3 perl python3-ply python3-git rt-tests kmod debhelper
+	mmdebstrap e2fsprogs
 )
 
 missing=()

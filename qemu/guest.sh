@@ -12,6 +12,11 @@
 #
 # Environment: KCONFIG=default|debug, AEM_SMP (2), AEM_MEM (MiB),
 # AEM_ROOTFS (another base initramfs), AEM_TIMEOUT (600), AEM_ACCEL=auto|tcg|kvm (auto: KVM only if a probe works), AEM_QEMU_ARGS (extra options).
+#
+# AEM_IMAGE=debian boots the Debian image of `make image` instead
+# (build/image/: its kernel, root=/dev/vda, changes discarded at power-off,
+# user-mode network): systemd's aem-guest.service finds the command and the
+# files on a second disk (a tar archive) and runs them as /init does here.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +25,8 @@ KCONFIG=${KCONFIG:-default}
 KERNEL="$TOP/build/bzImage-$KCONFIG"
 ROOTFS=${AEM_ROOTFS:-$TOP/build/rootfs.cpio.gz}
 TIMEOUT=${AEM_TIMEOUT:-600}
+IMAGE=${AEM_IMAGE:-}
+IMAGE_DIR=$TOP/build/image
 
 files=()
 while [ $# -gt 0 ]; do
@@ -30,8 +37,17 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 [--file F]... COMMAND..." >&2; exit 2; }
-[ -f "$KERNEL" ] || { echo "guest: no $KERNEL; run 'make kernel'" >&2; exit 2; }
-[ -f "$ROOTFS" ] || { echo "guest: no $ROOTFS; run 'make rootfs'" >&2; exit 2; }
+case "$IMAGE" in
+"")
+	[ -f "$KERNEL" ] || { echo "guest: no $KERNEL; run 'make kernel'" >&2; exit 2; }
+	[ -f "$ROOTFS" ] || { echo "guest: no $ROOTFS; run 'make rootfs'" >&2; exit 2; }
+	;;
+debian)
+	[ "$KCONFIG" = default ] || { echo "guest: the image has the default kernel only (KCONFIG=$KCONFIG)" >&2; exit 2; }
+	[ -f "$IMAGE_DIR/debian.img" ] || { echo "guest: no $IMAGE_DIR/debian.img; run 'make image'" >&2; exit 2; }
+	;;
+*) echo "guest: AEM_IMAGE must be empty (the initramfs) or debian" >&2; exit 2 ;;
+esac
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/aem-guest.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -47,17 +63,32 @@ if compgen -G "$TOP/build/modules-$KCONFIG/*.ko" >/dev/null; then
 	mkdir -p "$work/extra/lib/modules"
 	cp "$TOP/build/modules-$KCONFIG"/*.ko "$work/extra/lib/modules/"
 fi
-"$TOP/rootfs/mkcpio.py" "$work/extra.cpio.gz" "$work/extra"
-# The kernel unpacks concatenated archives in order: ours lands on top.
-cat "$ROOTFS" "$work/extra.cpio.gz" >"$work/initrd"
+if [ -z "$IMAGE" ]; then
+	"$TOP/rootfs/mkcpio.py" "$work/extra.cpio.gz" "$work/extra"
+	# The kernel unpacks concatenated archives in order: ours lands on top.
+	cat "$ROOTFS" "$work/extra.cpio.gz" >"$work/initrd"
+else
+	# The image's second disk, /dev/vdb: a tar archive of aem/ and lib/
+	# (no ./ entry: it would set the guest's / to this directory's mode).
+	(cd "$work/extra" && tar -cf "$work/extra.tar" --owner=0 --group=0 -- *)
+fi
 
 # shellcheck source=accel.sh
 . "$HERE/accel.sh"
+if [ -z "$IMAGE" ]; then
+	boot=(-kernel "$KERNEL" -initrd "$work/initrd" -append "$KERNEL_CMDLINE")
+else
+	boot=(-kernel "$IMAGE_DIR/vmlinuz")
+	[ -f "$IMAGE_DIR/initrd.img" ] && boot+=(-initrd "$IMAGE_DIR/initrd.img")
+	boot+=(-append "$KERNEL_CMDLINE root=/dev/vda rw aem.guest=1"
+		-drive "file=$IMAGE_DIR/debian.img,format=raw,if=virtio,snapshot=on"
+		-drive "file=$work/extra.tar,format=raw,if=virtio,readonly=on"
+		-netdev "user,id=net0" -device "virtio-net-pci,netdev=net0")
+fi
 console="$work/console.log"
 status=0
 timeout -k 5 "$TIMEOUT" "$QEMU" "${QEMU_BASE_ARGS[@]}" \
-	-kernel "$KERNEL" -initrd "$work/initrd" \
-	-append "$KERNEL_CMDLINE" \
+	"${boot[@]}" \
 	-serial "file:$console" -chardev stdio,id=out,signal=off -serial chardev:out \
 	${AEM_QEMU_ARGS:-} </dev/null || status=$?
 
