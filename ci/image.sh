@@ -46,8 +46,9 @@ SUITE=bookworm
 # The base system on top of minbase (which has apt, dpkg, login, passwd,
 # tar, the shell utilities).  No recommended packages.
 # shellcheck disable=SC2206  # AEM_IMAGE_EXTRA is a list of package names
+# linux-perf: `perf trace -e 'aem:*'` (docs/man/aemstat.1.md).
 PACKAGES=(systemd-sysv udev dbus libpam-systemd kmod iproute2 iputils-ping
-	procps netbase less ${AEM_IMAGE_EXTRA:-})
+	procps netbase less linux-perf ${AEM_IMAGE_EXTRA:-})
 MIRRORS=(
 	"deb $MIRROR/debian $SUITE main"
 	"deb $MIRROR/debian $SUITE-updates main"

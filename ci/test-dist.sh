@@ -11,7 +11,8 @@
 #      kernel's; a module builds out of tree against linux-headers; they
 #      purge without a trace;
 #   3. `make image` builds the Debian image (ci/image.sh), which boots the
-#      packaged kernel, runs `uname -r`, an example and aemstat, and powers
+#      packaged kernel, runs `uname -r`, an example, aemstat and `perf list
+#      'aem:*'`, and powers
 #      off (qemu/guest.sh with AEM_IMAGE=debian).
 #
 # One libtest-style line per check (`test dist_6_... ... ok`), then
@@ -125,7 +126,8 @@ kernel_files() {
 	grep -q '^CONFIG_AEM=y' "$root/boot/config-$release" || { echo "config without AEM"; return 1; }
 	grep -rq '__NR_aem_register' "$root"/usr/include/*/asm/unistd_64.h ||
 		{ echo "no __NR_aem_register in asm/unistd_64.h"; return 1; }
-	[ "$(chroot "$root" dpkg -S /usr/include/linux/aem.h)" = "linux-libc-dev: /usr/include/linux/aem.h" ] ||
+	# "linux-libc-dev:amd64: ..." (the package is Multi-Arch: same).
+	chroot "$root" dpkg -S /usr/include/linux/aem.h | grep -Eq '^linux-libc-dev(:amd64)?: /usr/include/linux/aem.h$' ||
 		{ echo "linux/aem.h does not belong to linux-libc-dev"; return 1; }
 }
 check dist_6_kernel_modules_and_uapi_header_are_where_debian_puts_them "files" kernel_files
@@ -180,13 +182,15 @@ out=$(AEM_IMAGE=debian AEM_TIMEOUT=600 qemu/guest.sh -- '
 	aem-periodic-timer --period-ms 50 --ticks 100000 >/tmp/timer.log 2>&1 &
 	sleep 2
 	aemstat -p $!
-	kill $!' 2>&1)
+	kill $!
+	echo "aem tracepoints in perf: $(perf list "aem:*" 2>/dev/null | grep -c "aem:.*Tracepoint")"' 2>&1)
 status=$?
 echo "  (the image's round trip: $(($(date +%s) - start)) s)"
 image_run() {
 	[ "$status" -eq 0 ] || { echo "guest exit status $status: $out"; return 1; }
 	[ "$(echo "$out" | head -n1)" = "$release" ] || { echo "uname -r: $(echo "$out" | head -n1)"; return 1; }
 	echo "$out" | grep -Eq '^ *[0-9]+ +aem-periodic-ti' || { echo "aemstat did not show the timer example: $out"; return 1; }
+	echo "$out" | grep -Eq '^aem tracepoints in perf: [1-9]' || { echo "perf does not list the aem:* tracepoints: $out"; return 1; }
 }
-check dist_6_the_image_boots_the_aem_kernel_and_runs_an_example_and_aemstat "image" image_run
+check dist_6_the_image_boots_the_aem_kernel_and_runs_an_example_aemstat_and_perf "image" image_run
 finish
