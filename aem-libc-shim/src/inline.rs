@@ -389,6 +389,9 @@ where
         oneshot: attr.flags & uapi::AEM_EV_ONESHOT != 0,
         ended: Cell::new(false),
     });
+    // Before the kernel can run the handler here: the thread's sections
+    // must keep it out from its first delivery.
+    crate::critical::prepare_thread_for_inline();
     let handler = Box::into_raw(boxed);
     attr.handler = aem_shim_entry as *const () as u64;
     attr.restorer = restorer_address();

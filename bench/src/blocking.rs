@@ -25,18 +25,18 @@
 //! function, the same harness for every row (call, return and loop are in
 //! every figure, the floor's included), so that no row is unrolled or
 //! hoisted out of its loop.  The section and the floor are also timed
-//! inlined in the loop, as sections are used: the guard is `#[inline]`,
-//! and a leaf function per pair makes the section save a register for its
-//! cold path (3 of its 16 instructions), which real callers mostly have
-//! saved anyway.  The ratio is "sigprocmask pair / this pair": how many
-//! times cheaper than the peer.
+//! inlined in the loop, as sections are used (the guard is `#[inline]`).
+//! The ratio is "sigprocmask pair / this pair": how many times cheaper
+//! than the peer.
 //!
-//! Before timing, it checks that the thread's area is registered (so the
-//! sections go through the word); after, that no section is left open and
+//! Before timing, the thread registers an inline handler (the shim then
+//! registers its area, so that the sections go through the word) and
+//! checks that the area is there; after, that no section is left open and
 //! that a section really defers an inline handler to its end.
 
 use std::cell::Cell;
 use std::hint::black_box;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{compiler_fence, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc;
 
@@ -208,10 +208,13 @@ fn run(mut pair: impl FnMut()) -> u64 {
     now_ns() - t0
 }
 
-/// Register the thread's area through the shim and check that it is
-/// there: the kernel refuses a second area with EBUSY.
-fn check_area_registered() {
-    drop(aem::critical_section());
+/// Register an inline handler on the thread, for which the shim registers
+/// the thread's area, and check that the area is there: the kernel refuses
+/// a second one with EBUSY.  The handler stays registered (an eventfd
+/// nobody writes) while the sections are timed.
+fn register_handler_and_check_area() -> (OwnedFd, aem::InlineRegistration) {
+    let efd = eventfd();
+    let reg = inline_handler_on(&efd);
     #[repr(C, align(8))]
     struct Probe(aem_syscalls::aem_thread_area);
     let mut probe = Probe(aem_syscalls::aem_thread_area::default());
@@ -225,10 +228,11 @@ fn check_area_registered() {
             // SAFETY: the same area and size as registered just now.
             unsafe { aem_syscalls::aem_thread_area(area, size, uapi::AEM_THREAD_AREA_UNREGISTER) }
                 .expect("unregister the probe area");
-            panic!("aem: the shim's critical section registered no thread area");
+            panic!("aem: the shim registered no thread area for an inline handler");
         }
         Err(e) => panic!("aem_thread_area: {e}"),
     }
+    (efd, reg)
 }
 
 /// A critical section must hold an inline handler back until it closes,
@@ -257,7 +261,7 @@ fn check_section_defers() {
 
 /// PERF-5: block+unblock pairs, the shared word against sigprocmask.
 pub fn perf5() {
-    check_area_registered();
+    let idle_handler = register_handler_and_check_area();
     let set = full_set();
     let (bare_go, bare_ns) = bare_word_thread();
     let names = [
@@ -283,6 +287,7 @@ pub fn perf5() {
         runs[7].push(bare_ns.recv().expect("bare-word time"));
     }
     drop(bare_go);
+    drop(idle_handler);
     assert_eq!(aem::critical_depth(), 0, "a critical section was left open");
     check_section_defers();
 

@@ -99,13 +99,17 @@ fn shim_2_sections_combine_with_the_system_call_block() {
 fn shim_2_sections_make_no_system_call_unless_an_event_waits() {
     let nrs = [aem_syscalls::nr::AEM_CTL, aem_syscalls::nr::AEM_THREAD_AREA];
     // 100,000 sections with no event: no AEM call, or SIGSYS kills.
+    let idle = eventfd();
     let status = in_child_status(|| {
-        drop(aem::critical_section()); // the thread's one registration
+        // The thread's one registration of its area, for its handler.
+        let (reg, _, _) = counted(&idle);
         kill_on_syscalls(&nrs).unwrap();
         for i in 0..100_000u64 {
             let _section = aem::critical_section();
             std::hint::black_box(i);
         }
+        // Unregistering would be an AEM call: the exit ends it.
+        std::mem::forget(reg);
         0
     });
     assert!(
@@ -126,6 +130,27 @@ fn shim_2_sections_make_no_system_call_unless_an_event_waits() {
         libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
         "closing a section with an event waiting made no call (status {status:#x})"
     );
+}
+
+#[test]
+fn shim_2_a_handler_registered_inside_a_section_waits_for_its_end() {
+    // A new thread: its first inline handler registers its area while a
+    // section is open, and the kernel must honour that section.
+    std::thread::spawn(|| {
+        let efd = eventfd();
+        let section = aem::critical_section();
+        let (_reg, runs, _) = aem::critical(|| counted(&efd));
+        eventfd_add(&efd, 1);
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(runs.load(SeqCst), 0, "ran inside the section");
+        assert_eq!(aem::critical_depth(), 1);
+        drop(section);
+        assert_eq!(runs.load(SeqCst), 1, "did not run as the section closed");
+        eventfd_add(&efd, 1);
+        assert_eq!(runs.load(SeqCst), 2, "still blocked after the section");
+    })
+    .join()
+    .unwrap();
 }
 
 #[test]
@@ -510,7 +535,8 @@ fn shim_1_failed_on_signals_leaves_the_signal_mask_as_it_was() {
 
 /// Another library's thread area, for the thread of the errno test.
 static OTHER_AREA: AtomicU64 = AtomicU64::new(0);
-/// errno after the first section, or u64::MAX if the setup failed.
+/// errno after the first handler and section, u64::MAX if the setup
+/// failed, u64::MAX - 1 if the handler did not run once.
 static ERRNO_AFTER: AtomicU64 = AtomicU64::new(0);
 
 /// A thread that allocates nothing through the shim before its first
@@ -526,11 +552,18 @@ extern "C" fn first_section_beside_another_area(_: *mut libc::c_void) -> *mut li
     }
     // SAFETY: this thread's errno.
     unsafe { *libc::__errno_location() = libc::EBADMSG };
-    // The shim's own registration fails (EBUSY): it blocks with system
-    // calls instead, and must not leave EBUSY in errno.
-    aem::critical(|| {});
+    // The shim's own registration of an area, for the first handler,
+    // fails (EBUSY): its sections block with system calls instead, and
+    // neither may leave EBUSY in errno.
+    let efd = eventfd();
+    let (reg, runs, _) = counted(&efd);
+    aem::critical(|| eventfd_add(&efd, 1));
     // SAFETY: as above.
-    ERRNO_AFTER.store(unsafe { *libc::__errno_location() } as u64, SeqCst);
+    let errno = unsafe { *libc::__errno_location() };
+    // The section did block, and the handler ran as it closed.
+    let ran = runs.load(SeqCst);
+    drop(reg);
+    ERRNO_AFTER.store(if ran == 1 { errno as u64 } else { u64::MAX - 1 }, SeqCst);
     // SAFETY: unregistering only makes the kernel forget the pointer.
     let _ = unsafe {
         aem_syscalls::aem_thread_area(area, 8, aem_syscalls::uapi::AEM_THREAD_AREA_UNREGISTER)
@@ -555,6 +588,11 @@ fn shim_3_first_section_beside_another_area_keeps_errno() {
     assert_eq!(unsafe { libc::pthread_join(t, std::ptr::null_mut()) }, 0);
     let errno = ERRNO_AFTER.load(SeqCst);
     assert_ne!(errno, u64::MAX, "the other area could not be registered");
+    assert_ne!(
+        errno,
+        u64::MAX - 1,
+        "the handler did not run once after the section"
+    );
     assert_eq!(
         errno,
         libc::EBADMSG as u64,

@@ -488,6 +488,30 @@ fn deliv_4_exec_unregisters_the_area() {
 }
 
 #[test]
+fn deliv_4_handler_registered_inside_a_section_beside_another_area_waits_for_its_end() {
+    with_area(|_area| {
+        // The shim finds the area taken while two sections are open: they
+        // must block from then on, with a system call.
+        let efd = eventfd();
+        let outer = aem::critical_section();
+        let h = aem::critical(|| counted(&efd));
+        eventfd_add(&efd, 1);
+        assert_eq!(aem::critical_depth(), 1);
+        assert_eq!(h.runs.load(SeqCst), 0, "ran inside a section");
+        drop(outer);
+        assert_eq!(
+            h.runs.load(SeqCst),
+            1,
+            "did not run when the section closed"
+        );
+        assert_eq!(aem::critical_depth(), 0);
+        aem::critical(|| eventfd_add(&efd, 1));
+        assert_eq!(h.runs.load(SeqCst), 2, "a later section did not block");
+        drop(h);
+    });
+}
+
+#[test]
 fn deliv_4_shim_sections_fall_back_to_aem_ctl_block_beside_another_area() {
     with_area(|_area| {
         // Other code owns this thread's area: the shim's sections must
