@@ -7,6 +7,15 @@
 #
 # A fragment line that did not survive olddefconfig is a typo or an unmet
 # dependency: it fails the build rather than boot a kernel without it.
+# The fragments' settings as merge_config.sh applies them: for each
+# symbol, the line of the last fragment that sets it.
+effective_lines() {
+	awk '/^CONFIG_[A-Za-z0-9_]+=/ { sym = $0; sub(/=.*/, "", sym) }
+	     /^# CONFIG_[A-Za-z0-9_]+ is not set/ { sym = $2 }
+	     sym != "" { if (!(sym in line)) order[n++] = sym; line[sym] = $0; sym = "" }
+	     END { for (i = 0; i < n; i++) print line[order[i]] }' "$@"
+}
+
 kconfig_apply() {
 	local tree=$1 obj=$2
 	shift 2
@@ -27,7 +36,7 @@ kconfig_apply() {
 			sym=${sym%% *}
 			grep -q "^$sym=" "$obj/.config" && { echo "kconfig: not unset: $line" >&2; bad=1; } ;;
 		esac
-	done < <(cat "$@")
+	done < <(effective_lines "$@")
 	[ $bad -eq 0 ] || { echo "kconfig: config fragments not applied to $obj" >&2; return 1; }
 	echo "$stamp" >"$obj/.aem-config-stamp"
 }

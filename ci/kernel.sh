@@ -7,7 +7,8 @@
 #   ci/kernel.sh export   write the work tree's commits to kernel-patches/
 #   ci/kernel.sh reset    discard the work tree's local work, re-apply series
 #
-# KCONFIG=default|debug selects the config fragments and the object dir.
+# KCONFIG=default|debug|profile selects the config fragments and the object
+# dir (profile: the function tracer, for profiling in the icount lens).
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -143,9 +144,11 @@ tree() {
 
 configure() {
 	local frags=("$PATCHES/config/aem.config")
-	[ "$KCONFIG" = debug ] && frags+=("$PATCHES/config/debug.config")
-	[ "$KCONFIG" = default ] || [ "$KCONFIG" = debug ] ||
-		die "KCONFIG must be 'default' or 'debug', not '$KCONFIG'"
+	case $KCONFIG in
+	default) ;;
+	debug | profile) frags+=("$PATCHES/config/$KCONFIG.config") ;;
+	*) die "KCONFIG must be 'default', 'debug' or 'profile', not '$KCONFIG'" ;;
+	esac
 	kconfig_apply "$TREE" "$OBJ" "${frags[@]}"
 }
 
