@@ -155,6 +155,9 @@ fn register(
         return Err(Error::Os(Errno(libc::EOPNOTSUPP)));
     }
     let mut attr = attr_for(source, options)?;
+    // The fork happens where inline delivery is not blocked: the thread's
+    // sections must block it from the first event, as for inline handlers.
+    crate::critical::prepare_thread_for_inline();
     let closure = Box::into_raw(Box::new(handler));
     attr.flags |= uapi::AEM_EV_FORK;
     if reap == Reap::Auto {

@@ -173,6 +173,34 @@ fn exec_2_each_delivery_runs_the_handler_in_a_new_child() {
 }
 
 #[test]
+fn exec_2_a_fork_event_waits_for_the_registering_threads_critical_section() {
+    // The child must not be a copy taken inside a section (a lock of the
+    // shim held, the heap half-changed): the fork waits for its end.
+    assert_eq!(
+        in_child(|| {
+            let (efd, r, reg) = reporting_event(Reap::Auto, || 0);
+            let section = aem::critical_section();
+            eventfd_add(&efd, 1);
+            std::thread::sleep(Duration::from_millis(50));
+            let mut pfd = libc::pollfd {
+                fd: r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd.
+            let early = unsafe { libc::poll(&mut pfd, 1, 0) };
+            let pending = proc_row(reg.id()).unwrap().pending;
+            drop(section);
+            let rep = read_report(&r);
+            assert_eq!(rep.count, 1);
+            i32::from(early != 0) | i32::from(pending != 1) << 1
+        }),
+        0,
+        "failure bits: 1 forked inside the section, 2 not pending meanwhile"
+    );
+}
+
+#[test]
 fn exec_2_auto_reaped_children_leave_no_zombie_and_send_no_sigchld() {
     assert_eq!(
         in_child(|| {
