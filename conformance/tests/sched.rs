@@ -510,20 +510,40 @@ fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
     );
 }
 
+/// CPU time consumed so far by process `pid`, in nanoseconds.
+fn pid_cpu_ns(pid: libc::pid_t) -> u64 {
+    let mut clock = 0;
+    // SAFETY: a valid clockid_t to fill.
+    assert_eq!(unsafe { libc::clock_getcpuclockid(pid, &mut clock) }, 0);
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[test]
 fn sched_3_a_task_boosting_itself_with_a_timer_gets_no_more_than_its_twin() {
-    // Two unprivileged processes spin on CPU 0 for 3 s, each with a 100 us
+    // Two unprivileged processes spin on CPU 0, each with a 100 us
     // periodic timer whose inline handler does nothing: one boosted in
     // the fair band (priority 49), its twin not (AEM_EV_NOBOOST).  Half
     // the expiries find the boosted one waiting for the CPU, having run
     // ahead of its share: a boost that forgave that debt would hand it
     // more than its half, at every expiry.
+    //
+    // The parent samples both CPU clocks at the same two instants, 3 s
+    // apart, once both spin: each child timing its own window would skew
+    // the comparison by however long one waited to leave the gate, which
+    // on a slow (debug) kernel, where handlers eat most of each period,
+    // is up to a second.
     let mut gate = [0i32; 2];
     // SAFETY: a live array of two ints.
     assert_eq!(unsafe { libc::pipe(gate.as_mut_ptr()) }, 0);
     let [gate_r, gate_w] = gate;
-    // Per mille of the wall time each got: [boosted, twin].
-    let got = SharedWords::new(2);
+    // [children spinning, stop]
+    let shared = SharedWords::new(2);
     let spinner = |boost: bool| {
         spawn(move || {
             pin_to_cpu0();
@@ -544,16 +564,11 @@ fn sched_3_a_task_boosting_itself_with_a_timer_gets_no_more_than_its_twin() {
                 libc::close(gate_w);
                 while libc::read(gate_r, b.as_mut_ptr().cast(), 1) < 0 {}
             }
+            shared.fetch_add(0, 1);
             let start = Instant::now();
-            let cpu0 = process_cpu_ns();
-            while start.elapsed() < Duration::from_secs(3) {
+            while shared.get(1) == 0 && start.elapsed() < Duration::from_secs(60) {
                 std::hint::black_box(0);
             }
-            let used = process_cpu_ns() - cpu0;
-            got.set(
-                usize::from(!boost),
-                used * 1000 / start.elapsed().as_nanos() as u64,
-            );
             0
         })
     };
@@ -564,8 +579,24 @@ fn sched_3_a_task_boosting_itself_with_a_timer_gets_no_more_than_its_twin() {
         libc::close(gate_w);
         libc::close(gate_r);
     }
+    let start = Instant::now();
+    while shared.get(0) < 2 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(shared.get(0), 2, "the spinners did not start in 30 s");
+    std::thread::sleep(Duration::from_millis(100));
+    let sample = || (Instant::now(), pid_cpu_ns(boosted), pid_cpu_ns(twin));
+    let (t0, boosted0, twin0) = sample();
+    std::thread::sleep(Duration::from_secs(3));
+    let (t1, boosted1, twin1) = sample();
+    shared.set(1, 1);
     assert_eq!((reap(boosted), reap(twin)), (0, 0));
-    let (boosted, twin) = (got.get(0), got.get(1));
+    // Per mille of the common window each got.
+    let wall = (t1 - t0).as_nanos() as u64;
+    let (boosted, twin) = (
+        (boosted1 - boosted0) * 1000 / wall,
+        (twin1 - twin0) * 1000 / wall,
+    );
     println!("boosted {boosted}‰, twin {twin}‰");
     assert!(
         twin >= 300,
