@@ -453,6 +453,27 @@ fn process_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Register `handler` inline for `efd` readable, in the fair band
+/// (priority 49), boosting.
+///
+/// # Safety
+///
+/// As `aem::register_inline`: `handler` may interrupt the thread anywhere.
+unsafe fn fair_band_on_eventfd(
+    efd: &OwnedFd,
+    handler: impl FnMut(&mut aem::Record) -> Action + Send + 'static,
+) -> aem::InlineRegistration {
+    // SAFETY: our caller's contract.
+    unsafe {
+        aem::register_inline(
+            Source::fd(efd.as_fd(), FdEvents::IN),
+            Options::new().priority(49),
+            handler,
+        )
+    }
+    .unwrap()
+}
+
 #[test]
 fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
     // A busy task and an unprivileged process flooding itself with
@@ -480,19 +501,14 @@ fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
         let efd = eventfd();
         // SAFETY: the handler only reads the clock.
         let _reg = unsafe {
-            aem::register_inline(
-                Source::fd(efd.as_fd(), FdEvents::IN),
-                Options::new().priority(49),
-                |_| {
-                    let start = Instant::now();
-                    while start.elapsed() < Duration::from_micros(500) {
-                        std::hint::black_box(0);
-                    }
-                    Action::Rearm
-                },
-            )
-        }
-        .unwrap();
+            fair_band_on_eventfd(&efd, |_| {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_micros(500) {
+                    std::hint::black_box(0);
+                }
+                Action::Rearm
+            })
+        };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(2) {
             eventfd_add(&efd, 1);
@@ -508,6 +524,70 @@ fn sched_3_unprivileged_event_flood_cannot_starve_a_busy_task() {
         pct >= 40,
         "the busy task got {pct}% of the CPU against the flood"
     );
+}
+
+#[test]
+fn sched_1_a_boosted_task_asleep_in_its_handler_is_not_run_when_requeued() {
+    // A task boosted in the fair band that goes to sleep inside its
+    // handler having run ahead of its share stays queued, delayed
+    // (DELAY_DEQUEUE), until it is eligible again.  Requeued meanwhile --
+    // here by renicing it, as migration or a cgroup move would -- it must
+    // not be made the runqueue's next buddy: the next pick would run a
+    // task that sleeps (a debug kernel warns: "->next will never be
+    // delayed").  Everything on CPU 0: a hog, the target, and this
+    // thread renicing the target every 200 us for 2 s.
+    pin_to_cpu0();
+    // [stop, target's pid]
+    let shared = SharedWords::new(2);
+    let hog = spawn(|| {
+        pin_to_cpu0();
+        while shared.get(0) == 0 {
+            std::hint::black_box(0);
+        }
+        0
+    });
+    let target = spawn(|| {
+        pin_to_cpu0();
+        // SAFETY: getpid has no preconditions.
+        shared.set(1, unsafe { libc::getpid() } as u64);
+        let efd = eventfd();
+        // SAFETY: the handler reads the clock and sleeps.
+        let _reg = unsafe {
+            fair_band_on_eventfd(&efd, |_| {
+                // Run a varying while, so that the sleep finds the task
+                // behind or ahead of its share.
+                let start = Instant::now();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                let spin = Duration::from_micros(u64::from(now.subsec_micros() % 200));
+                while start.elapsed() < spin {
+                    std::hint::black_box(0);
+                }
+                std::thread::sleep(Duration::from_micros(500));
+                Action::Rearm
+            })
+        };
+        while shared.get(0) == 0 {
+            eventfd_add(&efd, 1);
+        }
+        0
+    });
+    while shared.get(1) == 0 {
+        std::thread::yield_now();
+    }
+    let pid = shared.get(1) as libc::id_t;
+    let start = Instant::now();
+    let mut nice = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        nice = 1 - nice;
+        // SAFETY: plain call; root may renice its child either way.
+        let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) };
+        assert_eq!(set, 0, "setpriority: {}", std::io::Error::last_os_error());
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    shared.set(0, 1);
+    assert_eq!((reap(target), reap(hog)), (0, 0));
 }
 
 /// CPU time consumed so far by process `pid`, in nanoseconds.
