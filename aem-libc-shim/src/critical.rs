@@ -95,7 +95,8 @@ thread_local! {
 /// thread's sections: register its area, or fall back to blocking with
 /// system calls.  Called before each inline or fork registration (a fork
 /// event copies the thread where it is, so it must not be taken inside a
-/// section either); it acts once per thread.  It may be called inside sections: the depth carries over.
+/// section either); it acts once per thread.  It may be called inside
+/// sections: the depth carries over.
 pub(crate) fn prepare_thread_for_inline() {
     AREA.with(|area| {
         if area.mode.get() == Mode::Unknown {

@@ -444,13 +444,7 @@ fn pin_to_cpu0() {
 
 /// CPU time of the calling process, in nanoseconds.
 fn process_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    pid_cpu_ns(0)
 }
 
 /// Register `handler` inline for `efd` readable, in the fair band
@@ -573,10 +567,12 @@ fn sched_1_a_boosted_task_asleep_in_its_handler_is_not_run_when_requeued() {
         }
         0
     });
-    while shared.get(1) == 0 {
+    let start = Instant::now();
+    while shared.get(1) == 0 && start.elapsed() < Duration::from_secs(30) {
         std::thread::yield_now();
     }
     let pid = shared.get(1) as libc::id_t;
+    assert_ne!(pid, 0, "the target did not start in 30 s");
     let start = Instant::now();
     let mut nice = 0;
     while start.elapsed() < Duration::from_secs(2) {
@@ -590,7 +586,8 @@ fn sched_1_a_boosted_task_asleep_in_its_handler_is_not_run_when_requeued() {
     assert_eq!((reap(target), reap(hog)), (0, 0));
 }
 
-/// CPU time consumed so far by process `pid`, in nanoseconds.
+/// CPU time consumed so far by process `pid` (0: the calling process), in
+/// nanoseconds.
 fn pid_cpu_ns(pid: libc::pid_t) -> u64 {
     let mut clock = 0;
     // SAFETY: a valid clockid_t to fill.
