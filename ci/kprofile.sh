@@ -84,8 +84,8 @@ echo funcgraph-tail >$T/trace_options
 echo nosleep-time >$T/trace_options
 echo >$T/trace
 '"$run"'
-[ $(cat $T/per_cpu/cpu0/stats | sed -n "s/^overrun: //p") = 0 ] || echo "kprofile: the trace buffer overran: figures are partial"
-echo "mean ns (= instructions) x calls  function  [per request: calls, instructions]"
+[ $(cat $T/per_cpu/cpu0/stats | sed -n "s/^overrun: //p") = 0 ] || echo "kprofile: the trace buffer overran: calls are counted in what it kept (means stand)"
+echo "mean ns (= instructions) x calls  function$([ "$requests" -gt 0 ] && echo "  [per request: calls, instructions]")"
 awk -F"|" -v requests=$requests "
  /us +\\|/ || /ns +\\|/ {
    d = \$1; sub(/^.*\\) */, \"\", d); gsub(/[+!#*@\$ ]/, \"\", d)
