@@ -15,11 +15,11 @@
 # function's mean duration and call count, then one stretch of the call
 # tree.  MODE http-aem, http-epoll or http-uring traces that server
 # instead (only its threads: set_ftrace_pid) while http-load drives it
-# with 100 keep-alive clients for 1 s, and adds each
-# function's calls and instructions per request served; sleep time is
-# left out of durations (nosleep-time), so a call that blocks counts only
-# its own instructions.  Builds the profiling kernel first if needed (one kernel build at
-# a time, as make kernel).  Example (PERF-1's inline path):
+# with 100 keep-alive clients for 1 s, and adds each function's calls and
+# instructions per request served.  Sleep time is left out of durations
+# (nosleep-time): a call that blocks counts only its own instructions.
+# Builds the profiling kernel first if needed (one kernel build at a
+# time, as make kernel).  Example (PERF-1's inline path):
 #
 #   ci/kprofile.sh profile-inline eventfd_write __wake_up_locked_key \
 #       aem_fd_wake aem_kick_inline arch_do_signal_or_restart get_signal \
