@@ -9,12 +9,20 @@
 #
 # Environment: IDLE (idle connections, 0), DUR (measured seconds, 5),
 # MEMCG=1 (each server in a memory cgroup of its own, as perf4 does).
-# Guest programs from `make rootfs`'s release build (target/...).
+# The servers and http-load are built here and copied into the guest, so
+# that a stale initramfs cannot measure old binaries.
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 cd "$TOP"
 order=${*:-http-epoll http-aem http-uring}
+# Static, like every guest program (the initramfs has no C library).
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+	cargo build -q --release --target x86_64-unknown-linux-gnu -p aem-http
+files=()
+for s in $order http-load; do
+	files+=(--file "target/x86_64-unknown-linux-gnu/release/$s")
+done
 # shellcheck disable=SC2016  # expanded in the guest
 guest='
 if [ -n "'"${MEMCG:-}"'" ]; then
@@ -37,7 +45,7 @@ for s in '"$order"'; do
 	kill $pid
 	wait $pid || true
 done'
-AEM_MEM=2048 AEM_ACCEL=tcg AEM_SMP=1 AEM_QEMU_ARGS="-icount shift=0,sleep=off" qemu/guest.sh -- "$guest" |
+AEM_MEM=2048 AEM_ACCEL=tcg AEM_SMP=1 AEM_QEMU_ARGS="-icount shift=0,sleep=off" qemu/guest.sh "${files[@]}" -- "$guest" |
 	awk '/ before=/ {
 		split($3, a, "[=,]"); split($4, b, "[=,]")
 		for (i = 5; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "requests") r = kv[2] }
